@@ -1,0 +1,263 @@
+"""DFANet (Li et al., "DFANet: Deep Feature Aggregation for Real-Time Semantic Segmentation",
+CVPR 2019), section 3 and Table 1.
+
+Modules mirror the boxes of the paper's Figure 3:
+
+* ``ConvNormAct``            shared conv -> norm -> activation
+* ``SeparableConv``          depthwise 3x3 + pointwise 1x1 (one row of Table 1's blocks)
+* ``XceptionBlock``          three separable convs with a residual shortcut
+* ``EncoderStage``           enc2 / enc3 / enc4: a stack of blocks, the first one strided
+* ``FCAttention``            global pool -> FC -> 1x1 conv -> channel-wise multiply
+* ``Backbone``               enc2..enc4 + FC attention; the first one also owns conv1
+* ``Decoder``                fuses the three high-level and three low-level features
+* ``DFANet``                 three backbones chained by sub-network and sub-stage aggregation
+
+Variants are rows of a table (``VARIANTS``); ``build_dfanet`` is the only builder.  Every
+resize goes to the exact size of the tensor it joins, so any input size works and the logits
+always have the input's height and width.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NormLayer = Callable[[int], nn.Module]
+ActLayer = Callable[[], nn.Module]
+
+
+@dataclass(frozen=True)
+class DFANetConfig:
+    """Architecture of one DFANet variant (Table 1 of the paper)."""
+
+    stem_channels: int
+    # (c1, c2, c3) of the three separable convs in each block of enc2, enc3, enc4.
+    stage_channels: tuple[tuple[int, int, int], ...]
+    stage_blocks: tuple[int, ...] = (4, 6, 4)
+    fc_hidden: int = 1000
+    decoder_channels: int = 32
+
+
+VARIANTS: dict[str, DFANetConfig] = {
+    "A": DFANetConfig(8, ((12, 12, 48), (24, 24, 96), (48, 48, 192))),
+    "B": DFANetConfig(8, ((8, 8, 32), (16, 16, 64), (32, 32, 128))),
+}
+
+
+def _relu() -> nn.Module:
+    return nn.ReLU(inplace=True)
+
+
+class ConvNormAct(nn.Sequential):
+    """Convolution, normalisation and (optional) activation."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        act_layer: ActLayer | None = _relu,
+    ) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2,
+                      groups=groups, bias=False),
+            norm_layer(out_channels),
+        ]
+        if act_layer is not None:
+            layers.append(act_layer())
+        super().__init__(*layers)
+
+
+class SeparableConv(nn.Sequential):
+    """Depthwise 3x3 conv then pointwise 1x1 conv, each normalised."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
+                 norm_layer: NormLayer = nn.BatchNorm2d,
+                 act_layer: ActLayer | None = _relu) -> None:
+        super().__init__(
+            ConvNormAct(in_channels, in_channels, 3, stride, groups=in_channels,
+                        norm_layer=norm_layer, act_layer=None),
+            ConvNormAct(in_channels, out_channels, 1, norm_layer=norm_layer, act_layer=act_layer),
+        )
+
+
+class XceptionBlock(nn.Module):
+    """Three separable convs (c1, c2, c3) plus a residual shortcut; the first conv may stride."""
+
+    def __init__(self, in_channels: int, channels: Sequence[int], stride: int = 1,
+                 norm_layer: NormLayer = nn.BatchNorm2d) -> None:
+        super().__init__()
+        c1, c2, c3 = channels
+        self.convs = nn.Sequential(
+            SeparableConv(in_channels, c1, stride, norm_layer),
+            SeparableConv(c1, c2, 1, norm_layer),
+            SeparableConv(c2, c3, 1, norm_layer, act_layer=None),
+        )
+        if stride != 1 or in_channels != c3:
+            self.shortcut: nn.Module = ConvNormAct(in_channels, c3, 1, stride,
+                                                   norm_layer=norm_layer, act_layer=None)
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Not in place: the shortcut still needs x for the backward pass.
+        return F.relu(self.convs(x) + self.shortcut(x))
+
+
+class EncoderStage(nn.Sequential):
+    """encN of Table 1: ``blocks`` Xception blocks, the first with stride 2."""
+
+    def __init__(self, in_channels: int, channels: Sequence[int], blocks: int,
+                 norm_layer: NormLayer = nn.BatchNorm2d) -> None:
+        layers = [XceptionBlock(in_channels, channels, 2, norm_layer)]
+        layers += [XceptionBlock(channels[-1], channels, 1, norm_layer) for _ in range(blocks - 1)]
+        super().__init__(*layers)
+
+
+class FCAttention(nn.Module):
+    """Global average pool -> FC -> 1x1 conv -> channel-wise multiply (Table 1, "fc attention").
+
+    The paper names no gate function; a sigmoid keeps the multiplier in (0, 1) and trains
+    stably from scratch.
+    """
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(channels, hidden)
+        self.conv = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.mean(dim=(2, 3))
+        weights = self.conv(self.fc(pooled)[:, :, None, None])
+        return x * torch.sigmoid(weights)
+
+
+class Backbone(nn.Module):
+    """One lightweight Xception backbone: enc2, enc3, enc4 and FC attention.
+
+    ``forward`` takes the backbone's input and, for sub-stage aggregation, the enc2/enc3/enc4
+    outputs of the previous backbone (None for the first).  It returns its own enc2, enc3, enc4
+    and FC-attention outputs.
+    """
+
+    def __init__(self, in_channels: int, cfg: DFANetConfig, aggregated: bool,
+                 norm_layer: NormLayer = nn.BatchNorm2d) -> None:
+        super().__init__()
+        outs = [c[-1] for c in cfg.stage_channels]
+        # Sub-stage aggregation: enc3 and enc4 also take the previous backbone's enc3 / enc4.
+        ins = [in_channels, outs[0] + (outs[1] if aggregated else 0),
+               outs[1] + (outs[2] if aggregated else 0)]
+        self.enc2, self.enc3, self.enc4 = (
+            EncoderStage(i, c, b, norm_layer)
+            for i, c, b in zip(ins, cfg.stage_channels, cfg.stage_blocks)
+        )
+        self.attention = FCAttention(outs[2], cfg.fc_hidden)
+
+    def forward(self, x: torch.Tensor,
+                previous: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        enc2 = self.enc2(x)
+        enc3 = self.enc3(enc2 if previous is None else _join(enc2, previous[1]))
+        enc4 = self.enc4(enc3 if previous is None else _join(enc3, previous[2]))
+        return [enc2, enc3, enc4, self.attention(enc4)]
+
+
+def _resize(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Bilinear resize of x to ref's spatial size (exact size, so any input shape works)."""
+    if x.shape[-2:] == ref.shape[-2:]:
+        return x
+    return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _join(x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``other`` (resized to x) onto x along channels."""
+    return torch.cat([x, _resize(other, x)], dim=1)
+
+
+class Decoder(nn.Module):
+    """Fuse the three high-level features (x4 up) with the three low-level enc2 features."""
+
+    def __init__(self, low_channels: int, high_channels: int, channels: int, num_classes: int,
+                 norm_layer: NormLayer = nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.low = nn.ModuleList(
+            ConvNormAct(low_channels, channels, 1, norm_layer=norm_layer) for _ in range(3))
+        self.high = nn.ModuleList(
+            ConvNormAct(high_channels, channels, 1, norm_layer=norm_layer) for _ in range(3))
+        self.fuse = ConvNormAct(channels, channels, 1, norm_layer=norm_layer)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, lows: Sequence[torch.Tensor], highs: Sequence[torch.Tensor]) -> torch.Tensor:
+        low = sum(_resize(conv(f), lows[0]) for conv, f in zip(self.low, lows))
+        high = sum(_resize(conv(f), highs[0]) for conv, f in zip(self.high, highs))
+        return self.classifier(self.fuse(low + _resize(high, low)))
+
+
+class DFANet(nn.Module):
+    """Three chained backbones and the decoder (Figure 3); returns full-size logits."""
+
+    def __init__(self, cfg: DFANetConfig, num_classes: int,
+                 norm_layer: NormLayer = nn.BatchNorm2d) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        self.cfg = cfg
+        self.num_classes = num_classes
+        enc2_out, high_out = cfg.stage_channels[0][-1], cfg.stage_channels[-1][-1]
+        self.conv1 = ConvNormAct(3, cfg.stem_channels, 3, 2, norm_layer=norm_layer)
+        # Sub-network aggregation: backbones 2 and 3 start from [up(attention), enc2] of the
+        # previous backbone.
+        self.backbones = nn.ModuleList([
+            Backbone(cfg.stem_channels, cfg, aggregated=False, norm_layer=norm_layer),
+            Backbone(high_out + enc2_out, cfg, aggregated=True, norm_layer=norm_layer),
+            Backbone(high_out + enc2_out, cfg, aggregated=True, norm_layer=norm_layer),
+        ])
+        self.decoder = Decoder(enc2_out, high_out, cfg.decoder_channels, num_classes, norm_layer)
+        self._init_weights()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.backbones[0](self.conv1(x))
+        outputs = [feats]
+        for backbone in self.backbones[1:]:
+            enc2, attention = feats[0], feats[3]
+            feats = backbone(torch.cat([_resize(attention, enc2), enc2], dim=1), feats)
+            outputs.append(feats)
+        logits = self.decoder([f[0] for f in outputs], [f[3] for f in outputs])
+        return _resize(logits, x)
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.zeros_(m.bias)
+
+
+def build_dfanet(variant: str = "A", num_classes: int = 19,
+                 norm_layer: NormLayer = nn.BatchNorm2d) -> DFANet:
+    """DFANet ``variant`` ("A" or "B") with randomly initialised weights."""
+    key = variant.upper()
+    if key not in VARIANTS:
+        raise ValueError(f"unknown DFANet variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    return DFANet(VARIANTS[key], num_classes, norm_layer)
+
+
+def dfanet_a(num_classes: int = 19) -> DFANet:
+    """DFANet A (Xception A backbone)."""
+    return build_dfanet("A", num_classes)
+
+
+def dfanet_b(num_classes: int = 19) -> DFANet:
+    """DFANet B (Xception B backbone)."""
+    return build_dfanet("B", num_classes)

@@ -1,0 +1,39 @@
+"""Shared fixtures: data locations, a private ROS log directory, DDS confined to loopback."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# rclpy logs to ~/.ros/log by default, and DDS discovery multicasts beyond the machine: keep
+# both local for every test, including those that start processes (they inherit os.environ).
+_LOG_DIR = tempfile.TemporaryDirectory(prefix="dfanet-test-roslog-")
+os.environ["ROS_LOG_DIR"] = _LOG_DIR.name
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+
+
+def find_camvid() -> Path | None:
+    """The full CamVid set: $DFANET_CAMVID, else ../shared/data/camvid beside the repository."""
+    for candidate in (os.environ.get("DFANET_CAMVID"), REPO.parent / "shared" / "data" / "camvid"):
+        if candidate and (Path(candidate) / "testannot").is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def camvid_root() -> Path:
+    root = find_camvid()
+    if root is None:
+        pytest.skip("full CamVid not found: set DFANET_CAMVID or place it at "
+                    "../shared/data/camvid beside the repository")
+    return root
+
+
+@pytest.fixture(scope="session")
+def sample_camvid() -> Path:
+    from dfanet_model.resources import SAMPLE_CAMVID_DIR
+    return SAMPLE_CAMVID_DIR

@@ -1,0 +1,150 @@
+"""Checkpoint format: round trip, atomic writes and every refusal naming file and problem."""
+import json
+import os
+
+import pytest
+import torch
+
+from dfanet_model.checkpoint import (CheckpointError, ModelCard, load_model, read_checkpoint,
+                                     save_model, save_training_state, slim)
+from dfanet_model.classes import CAMVID
+from dfanet_model.network import build_dfanet
+
+
+def camvid_card(variant="B", **kw):
+    return ModelCard(variant=variant, num_classes=CAMVID.num_classes,
+                     class_names=list(CAMVID.names), class_colors=[list(c) for c in CAMVID.colors],
+                     ignore_index=CAMVID.ignore_index, dataset="camvid", **kw)
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    m = build_dfanet("B", 11)
+    # Non-trivial batch-norm statistics, so the round trip covers buffers too.
+    m.train()
+    with torch.no_grad():
+        m(torch.randn(2, 3, 64, 64))
+    return m.eval()
+
+
+def test_round_trip_reproduces_outputs_exactly(tmp_path, model):
+    card = camvid_card(metrics={"test": {"miou": 0.5}}, provenance={"iterations": 3})
+    path = tmp_path / "m.safetensors"
+    save_model(path, model, card)
+    loaded, loaded_card = load_model(path)
+    x = torch.randn(1, 3, 72, 96)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert loaded_card == card
+    assert not loaded.training
+
+
+def test_training_state_loads_and_slims(tmp_path, model):
+    card = camvid_card()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": 7}
+    save_training_state(tmp_path / "last.pt", state, card)
+    ckpt = read_checkpoint(tmp_path / "last.pt")
+    assert ckpt.training_state["iteration"] == 7
+    slim(tmp_path / "last.pt", tmp_path / "model.safetensors")
+    deploy = read_checkpoint(tmp_path / "model.safetensors")
+    assert deploy.training_state is None
+    assert all(torch.equal(deploy.state_dict[k], v) for k, v in model.state_dict().items())
+    assert os.path.getsize(tmp_path / "model.safetensors") < os.path.getsize(tmp_path / "last.pt")
+
+
+def test_write_is_atomic(tmp_path, model):
+    path = tmp_path / "m.safetensors"
+    save_model(path, model, camvid_card())
+    before = path.read_bytes()
+
+    class Boom(torch.nn.Module):
+        def state_dict(self, *a, **k):
+            raise RuntimeError("crash while writing")
+
+    with pytest.raises(RuntimeError):
+        save_model(path, Boom(), camvid_card())
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match=r"nope\.safetensors: file not found"):
+        read_checkpoint(tmp_path / "nope.safetensors")
+
+
+def test_truncated_file(tmp_path, model):
+    path = tmp_path / "m.safetensors"
+    save_model(path, model, camvid_card())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"m\.safetensors: corrupt or truncated"):
+        read_checkpoint(path)
+    path.write_bytes(data[:4])
+    with pytest.raises(CheckpointError, match="empty or truncated"):
+        read_checkpoint(path)
+
+
+def test_truncated_training_state(tmp_path, model):
+    path = tmp_path / "last.pt"
+    save_training_state(path, {"model": model.state_dict()}, camvid_card())
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match=r"last\.pt: corrupt, truncated or unsafe"):
+        read_checkpoint(path)
+
+
+def test_not_a_checkpoint(tmp_path, model):
+    text = tmp_path / "notes.txt"
+    text.write_text("these are not weights, just some text in a file\n")
+    with pytest.raises(CheckpointError, match=r"notes\.txt: not a dfanet checkpoint"):
+        read_checkpoint(text)
+    from safetensors.torch import save_file
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, str(plain))
+    with pytest.raises(CheckpointError, match="without 'dfanet' metadata"):
+        read_checkpoint(plain)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(CheckpointError, match="not a dfanet training checkpoint"):
+        read_checkpoint(other)
+
+
+def test_pickled_code_is_not_executed(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model": Evil(), "card": "{}"}, path)
+    with pytest.raises(CheckpointError, match="unsafe"):
+        read_checkpoint(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_weights_that_do_not_fit_the_stated_model(tmp_path, model):
+    path = tmp_path / "m.safetensors"
+    save_model(path, model, camvid_card(variant="A"))  # B weights, card says A
+    with pytest.raises(CheckpointError, match=r"m\.safetensors: weights do not fit DFANet A "
+                                              r"with 11 classes: .*wrong shape"):
+        read_checkpoint(path)
+    card = camvid_card()
+    card.num_classes, card.class_names = 5, card.class_names[:5]
+    card.class_colors = card.class_colors[:5]
+    save_model(path, model, camvid_card())
+    # Rewrite the metadata only, so the classifier no longer fits.
+    from safetensors.torch import load_file, save_file
+    save_file(load_file(str(path)), str(path), metadata={"dfanet": card.to_json()})
+    with pytest.raises(CheckpointError, match=r"5 classes: 2 wrong shape: decoder\.classifier"):
+        read_checkpoint(path)
+
+
+def test_invalid_metadata(tmp_path, model):
+    path = tmp_path / "m.safetensors"
+    save_model(path, model, camvid_card())
+    from safetensors.torch import load_file, save_file
+    meta = json.loads(camvid_card().to_json())
+    meta["class_names"] = ["only one"]
+    save_file(load_file(str(path)), str(path), metadata={"dfanet": json.dumps(meta)})
+    with pytest.raises(CheckpointError, match="invalid metadata: 1 class names for 11 classes"):
+        read_checkpoint(path)
