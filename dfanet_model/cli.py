@@ -14,6 +14,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("dfanet_model.info", "parameters and FLOPs of each variant beside the paper's"),
+    "bag": ("dfanet_ros.bag_cli", "make rosbag2 drives from images; score the node on a bag"),
 }
 
 
@@ -21,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dfanet", description="DFANet semantic segmentation: model tools and ROS 2 node.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module, help_text) in COMMANDS.items():
+    for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, description=help_text)
     return parser
 

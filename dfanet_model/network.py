@@ -155,7 +155,7 @@ class Backbone(nn.Module):
                outs[1] + (outs[2] if aggregated else 0)]
         self.enc2, self.enc3, self.enc4 = (
             EncoderStage(i, c, b, norm_layer)
-            for i, c, b in zip(ins, cfg.stage_channels, cfg.stage_blocks)
+            for i, c, b in zip(ins, cfg.stage_channels, cfg.stage_blocks, strict=True)
         )
         self.attention = FCAttention(outs[2], cfg.fc_hidden)
 
@@ -193,8 +193,8 @@ class Decoder(nn.Module):
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, lows: Sequence[torch.Tensor], highs: Sequence[torch.Tensor]) -> torch.Tensor:
-        low = sum(_resize(conv(f), lows[0]) for conv, f in zip(self.low, lows))
-        high = sum(_resize(conv(f), highs[0]) for conv, f in zip(self.high, highs))
+        low = sum(_resize(conv(f), lows[0]) for conv, f in zip(self.low, lows, strict=True))
+        high = sum(_resize(conv(f), highs[0]) for conv, f in zip(self.high, highs, strict=True))
         return self.classifier(self.fuse(low + _resize(high, low)))
 
 

@@ -5,8 +5,15 @@ import os
 import pytest
 import torch
 
-from dfanet_model.checkpoint import (CheckpointError, ModelCard, load_model, read_checkpoint,
-                                     save_model, save_training_state, slim)
+from dfanet_model.checkpoint import (
+    CheckpointError,
+    ModelCard,
+    load_model,
+    read_checkpoint,
+    save_model,
+    save_training_state,
+    slim,
+)
 from dfanet_model.classes import CAMVID
 from dfanet_model.network import build_dfanet
 
