@@ -1,0 +1,243 @@
+"""Reading and writing rosbag2 bags (mcap or sqlite3) without a ROS install.
+
+Built on the pure-Python ``rosbags`` package, whose CDR serialisation matches rclpy's byte for
+byte, with the message definitions of the newest ROS 2 release it knows (``Stores.LATEST``);
+``sensor_msgs/Image`` and ``CompressedImage`` are unchanged since Humble, so the bags play in
+Humble, Jazzy and Kilted alike.  Bags are directories holding ``metadata.yaml`` and the storage
+file, exactly what ``ros2 bag record`` writes and ``ros2 bag play`` reads.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+STORAGES = ("mcap", "sqlite3")
+IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
+# Channels per pixel of the 8-bit encodings the bag tools write.
+ENCODING_CHANNELS = {"mono8": 1, "8UC1": 1, "rgb8": 3, "bgr8": 3, "8UC3": 3, "rgba8": 4,
+                     "bgra8": 4}
+
+
+class BagError(ValueError):
+    """A bag that cannot be used as asked; the message names the bag and the problem."""
+
+    def __init__(self, path: str | os.PathLike, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"bag {self.path}: {problem}")
+
+
+@functools.lru_cache(maxsize=1)
+def typestore() -> Any:
+    """The rosbags type store all bag messages are (de)serialised with."""
+    from rosbags.typesys import Stores, get_typestore
+    return get_typestore(Stores.LATEST)
+
+
+def normalize_topic(name: str) -> str:
+    """Bags store absolute topic names: ``camera/image_raw`` -> ``/camera/image_raw``."""
+    name = name.strip()
+    if not name or name == "/":
+        raise ValueError(f"invalid topic name {name!r}")
+    return name if name.startswith("/") else "/" + name
+
+
+def split_stamp(stamp_ns: int) -> tuple[int, int]:
+    """Nanoseconds since the epoch as (sec, nanosec), as a ROS header holds it."""
+    return stamp_ns // 1_000_000_000, stamp_ns % 1_000_000_000
+
+
+def header_stamp_ns(msg: Any) -> int:
+    """The header stamp of a message (rosbags or rclpy) in nanoseconds."""
+    stamp = msg.header.stamp
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def _header(stamp_ns: int, frame_id: str) -> Any:
+    types = typestore().types
+    sec, nanosec = split_stamp(stamp_ns)
+    return types["std_msgs/msg/Header"](
+        stamp=types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=frame_id)
+
+
+def image_message(array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -> Any:
+    """A ``sensor_msgs/Image`` (rosbags type) holding an HxW or HxWxC uint8 array."""
+    if array.dtype != np.uint8:
+        raise ValueError(f"image dtype must be uint8, got {array.dtype}")
+    channels = ENCODING_CHANNELS.get(encoding)
+    if channels is None:
+        raise ValueError(f"unsupported encoding {encoding!r} "
+                         f"(supported: {', '.join(ENCODING_CHANNELS)})")
+    height, width = array.shape[:2]
+    got = 1 if array.ndim == 2 else array.shape[2]
+    if got != channels:
+        raise ValueError(f"{encoding} needs {channels} channel(s), array has {got}")
+    return typestore().types[IMAGE](
+        header=_header(stamp_ns, frame_id), height=height, width=width, encoding=encoding,
+        is_bigendian=0, step=width * channels,
+        data=np.ascontiguousarray(array).reshape(-1))
+
+
+def compressed_message(data: bytes, fmt: str, stamp_ns: int, frame_id: str) -> Any:
+    """A ``sensor_msgs/CompressedImage`` (rosbags type) holding encoded bytes (jpeg, png)."""
+    return typestore().types[COMPRESSED_IMAGE](
+        header=_header(stamp_ns, frame_id), format=fmt,
+        data=np.frombuffer(data, dtype=np.uint8))
+
+
+def image_array(msg: Any) -> np.ndarray:
+    """The pixels of an 8-bit ``sensor_msgs/Image`` as HxW (one channel) or HxWxC, no copy.
+
+    Honours ``step`` (row padding); raises ValueError naming the fault for data that does not
+    fit the stated size and encoding.
+    """
+    channels = ENCODING_CHANNELS.get(msg.encoding)
+    if channels is None:
+        raise ValueError(f"unsupported encoding {msg.encoding!r} "
+                         f"(supported: {', '.join(ENCODING_CHANNELS)})")
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height < 1 or width < 1:
+        raise ValueError(f"empty image ({height}x{width})")
+    if step < width * channels:
+        raise ValueError(f"step {step} < width {width} x {channels} channel(s)")
+    data = np.frombuffer(msg.data, dtype=np.uint8)
+    if data.size < step * height:
+        raise ValueError(f"{data.size} data bytes < step {step} x height {height}")
+    rows = data[:step * height].reshape(height, step)[:, :width * channels]
+    return rows.reshape(height, width) if channels == 1 else rows.reshape(height, width, channels)
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    name: str
+    msgtype: str
+    count: int
+
+
+class BagWriter:
+    """Writes a rosbag2 directory; use as a context manager (the bag is complete on exit)."""
+
+    def __init__(self, path: str | os.PathLike, storage: str = "mcap") -> None:
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        if storage not in STORAGES:
+            raise ValueError(f"unknown storage {storage!r} (valid: {', '.join(STORAGES)})")
+        self.path = Path(path)
+        if self.path.exists():
+            raise BagError(self.path, "exists already; choose a new path or remove it")
+        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+        self._writer = Writer(self.path, version=Writer.VERSION_LATEST, storage_plugin=plugin)
+        self._connections: dict[str, Any] = {}
+
+    def __enter__(self) -> "BagWriter":
+        self._writer.open()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self._writer.close()
+        else:  # never leave a half-written bag behind
+            self._writer.abort()
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def add_topic(self, topic: str, msgtype: str) -> None:
+        """Declare a topic, offered as reliable, keep-last 10 (what ``ros2 bag play`` reuses)."""
+        from rosbags.interfaces import (
+            Qos,
+            QosDurability,
+            QosHistory,
+            QosLiveliness,
+            QosReliability,
+            QosTime,
+        )
+
+        never = QosTime(sec=0, nsec=0)
+        qos = Qos(history=QosHistory.KEEP_LAST, depth=10,
+                  reliability=QosReliability.RELIABLE, durability=QosDurability.VOLATILE,
+                  deadline=never, lifespan=never, liveliness=QosLiveliness.AUTOMATIC,
+                  liveliness_lease_duration=never, avoid_ros_namespace_conventions=False)
+        topic = normalize_topic(topic)
+        self._connections[topic] = self._writer.add_connection(
+            topic, msgtype, typestore=typestore(), offered_qos_profiles=[qos])
+
+    def write(self, topic: str, msg: Any, timestamp_ns: int) -> None:
+        """Serialise ``msg`` (a rosbags message) onto ``topic`` with receive time ``timestamp``."""
+        topic = normalize_topic(topic)
+        if topic not in self._connections:
+            self.add_topic(topic, msg.__msgtype__)
+        data = typestore().serialize_cdr(msg, msg.__msgtype__)
+        self._writer.write(self._connections[topic], timestamp_ns, data)
+
+
+class BagReader:
+    """Reads a rosbag2 bag (directory with metadata.yaml, or a bare .mcap/.db3 file)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        from rosbags.rosbag2 import Reader
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise BagError(self.path, "not found")
+        if self.path.is_dir() and not (self.path / "metadata.yaml").is_file():
+            raise BagError(self.path, "not a rosbag2 bag (directory without metadata.yaml)")
+        try:
+            self._reader = Reader(self.path)
+            self._reader.open()
+        except Exception as e:  # rosbags raises its own error types for damaged bags
+            raise BagError(self.path, f"cannot be read ({e})") from None
+        self.topics: dict[str, TopicInfo] = {
+            name: TopicInfo(name, info.msgtype or "(mixed types)", info.msgcount)
+            for name, info in self._reader.topics.items()}
+
+    def __enter__(self) -> "BagReader":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._reader.is_open:
+            self._reader.close()
+
+    def describe_topics(self) -> str:
+        """One line per topic: name, type and message count."""
+        if not self.topics:
+            return "  (no topics)"
+        return "\n".join(f"  {t.name}  {t.msgtype}  ({t.count} messages)"
+                         for t in sorted(self.topics.values(), key=lambda t: t.name))
+
+    def require_topic(self, topic: str, msgtypes: tuple[str, ...], role: str) -> TopicInfo:
+        """The topic's info, or a BagError naming what is missing and what the bag has."""
+        name = normalize_topic(topic)
+        info = self.topics.get(name)
+        if info is None:
+            raise BagError(self.path, f"no {role} topic {name}; the bag has:\n"
+                                      f"{self.describe_topics()}")
+        if info.msgtype not in msgtypes:
+            raise BagError(self.path, f"{role} topic {name} has type {info.msgtype}, "
+                                      f"expected {' or '.join(msgtypes)}")
+        return info
+
+    def raw_messages(self, topic: str) -> Iterator[tuple[int, bytes]]:
+        """(receive timestamp ns, CDR bytes) of every message on ``topic``, in bag order."""
+        name = normalize_topic(topic)
+        connections = [c for c in self._reader.connections if c.topic == name]
+        if not connections:
+            return
+        for _, timestamp, data in self._reader.messages(connections=connections):
+            yield timestamp, data
+
+    def messages(self, topic: str) -> Iterator[tuple[int, Any]]:
+        """(receive timestamp ns, deserialised rosbags message) of every message on ``topic``."""
+        msgtype = self.topics[normalize_topic(topic)].msgtype
+        store = typestore()
+        for timestamp, data in self.raw_messages(topic):
+            yield timestamp, store.deserialize_cdr(data, msgtype)

@@ -1,0 +1,747 @@
+"""``dfanet bag eval``: replay a bag's camera topic through the segmentation node and score it.
+
+Online mode (the default) plays the camera messages over DDS into the node (one it starts as a
+subprocess, or a running one), receives its ``label`` outputs, matches them to the bag's
+ground-truth labels by header stamp and scores them with the project's one ``ConfusionMatrix``.
+Offline mode feeds the same messages straight through the ``SegmentationEngine`` in this
+process, without ROS: deterministic numbers, and the check on the online path (with no frame
+dropped, both give the same confusion matrix).
+
+Pacing (online): the recorded rate (bag receive times), a fixed rate, or as fast as possible
+with backpressure (the next frame leaves only when the previous one is answered or timed out,
+so the node never drops one for a newer frame).  Every frame not answered is counted, never
+silently lost.  Latency is send to receive in this process (online) or ``engine.run`` wall
+time (offline).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bag import (
+    COMPRESSED_IMAGE,
+    IMAGE,
+    BagError,
+    BagReader,
+    header_stamp_ns,
+    image_array,
+    normalize_topic,
+)
+from .report import overlay_image, percentiles
+
+log = logging.getLogger("dfanet.bag_eval")
+
+CAMERA_TYPES = (IMAGE, COMPRESSED_IMAGE)
+LABEL_ENCODINGS = ("mono8", "8UC1")
+DEFAULT_CAMERA_TOPIC = "/camera/image_raw"
+DEFAULT_LABEL_TOPIC = "/camera/label_gt"
+
+
+class EvalError(RuntimeError):
+    """An evaluation that cannot run; the message says what is wrong and where."""
+
+
+@dataclass
+class EvalOptions:
+    bag: Path
+    checkpoint: Path | None = None          # None: the shipped default checkpoint
+    mode: str = "online"                     # online | offline
+    rate: float | None = None                # frames/s; None: the recorded rate
+    as_fast_as_possible: bool = False        # backpressure pacing (online)
+    camera_topic: str | None = None          # None: /camera/image_raw or the only image topic
+    label_topic: str | None = DEFAULT_LABEL_TOPIC  # None: no ground truth, latency only
+    out: Path | None = None                  # report folder
+    size: tuple[int, int] | None = None      # network input (h, w); None: the card's
+    device: str = "auto"
+    connect: bool = False                    # use a running node instead of starting one
+    output_topic: str | None = None          # the node's label topic (default: derived)
+    timeout: float = 10.0                    # seconds to wait for an answer
+    startup_timeout: float = 120.0           # seconds for the node to come up
+    warmup: int = 2                          # frames sent first and not scored or timed
+    overlays: int = 4                        # overlay snapshots in the report
+    progress: bool = True
+    node_args: list[str] = field(default_factory=list)  # extra ``-p name:=value`` for the node
+
+
+@dataclass
+class FrameRecord:
+    stamp: int
+    sent: float | None = None      # perf_counter at send (online) / run start (offline)
+    received: float | None = None  # perf_counter at answer
+    scored: bool = False
+
+    @property
+    def latency_ms(self) -> float | None:
+        if self.sent is None or self.received is None:
+            return None
+        return 1000.0 * (self.received - self.sent)
+
+
+# ------------------------------------------------------------------------------------------
+# Reading the bag: topics, ground truth, camera frames
+
+
+def resolve_camera_topic(reader: BagReader, requested: str | None, label_topic: str | None
+                         ) -> str:
+    """The camera topic to replay: the one asked for, else the default or the only image one."""
+    if requested:
+        return reader.require_topic(requested, CAMERA_TYPES, "camera").name
+    if DEFAULT_CAMERA_TOPIC in reader.topics:
+        return reader.require_topic(DEFAULT_CAMERA_TOPIC, CAMERA_TYPES, "camera").name
+    label = normalize_topic(label_topic) if label_topic else None
+    candidates = [t.name for t in reader.topics.values()
+                  if t.msgtype in CAMERA_TYPES and t.name != label]
+    if len(candidates) == 1:
+        return candidates[0]
+    what = "several image topics" if candidates else "no image topic"
+    raise BagError(reader.path, f"{what}; choose one with --camera-topic. The bag has:\n"
+                                f"{reader.describe_topics()}")
+
+
+def read_ground_truth(reader: BagReader, topic: str) -> tuple[dict[int, np.ndarray], list[str]]:
+    """Label images by header stamp, and warnings (duplicate stamps)."""
+    reader.require_topic(topic, (IMAGE,), "ground-truth label")
+    labels: dict[int, np.ndarray] = {}
+    duplicates = 0
+    for _, msg in reader.messages(topic):
+        if msg.encoding not in LABEL_ENCODINGS:
+            raise BagError(reader.path, f"ground-truth topic {normalize_topic(topic)} has "
+                                        f"encoding {msg.encoding!r}; expected "
+                                        f"{' or '.join(LABEL_ENCODINGS)} class ids")
+        stamp = header_stamp_ns(msg)
+        if stamp in labels:
+            duplicates += 1
+            continue
+        try:
+            labels[stamp] = image_array(msg).copy()
+        except ValueError as e:
+            raise BagError(reader.path, f"ground-truth label at stamp {_stamp_str(stamp)} on "
+                                        f"{normalize_topic(topic)}: {e}") from None
+    warnings = []
+    if duplicates:
+        warnings.append(f"{duplicates} ground-truth label(s) repeat an earlier stamp; the "
+                        "first of each was used")
+    return labels, warnings
+
+
+@dataclass
+class CameraFrame:
+    stamp: int
+    bag_time: int
+    raw: bytes
+    msg: Any  # the rosbags message (data views ``raw``)
+
+
+def camera_frames(reader: BagReader, topic: str) -> Iterator[CameraFrame]:
+    """The camera messages in bag order, each once: repeated header stamps are skipped."""
+    msgtype = reader.topics[topic].msgtype
+    from .bag import typestore
+    store = typestore()
+    seen: set[int] = set()
+    for bag_time, data in reader.raw_messages(topic):
+        raw = bytes(data)
+        msg = store.deserialize_cdr(raw, msgtype)
+        stamp = header_stamp_ns(msg)
+        if stamp in seen:
+            continue
+        seen.add(stamp)
+        yield CameraFrame(stamp, bag_time, raw, msg)
+
+
+def camera_stamps(reader: BagReader, topic: str) -> tuple[list[int], int]:
+    """Unique header stamps of the camera topic in bag order, and how many repeats there were."""
+    stamps, seen, repeats = [], set(), 0
+    for _, msg in reader.messages(topic):
+        stamp = header_stamp_ns(msg)
+        if stamp in seen:
+            repeats += 1
+        else:
+            seen.add(stamp)
+            stamps.append(stamp)
+    return stamps, repeats
+
+
+def decode_camera(msg: Any) -> tuple[np.ndarray, str]:
+    """The pixels and encoding of a camera message (Image or CompressedImage, rosbags type)."""
+    if hasattr(msg, "encoding"):
+        return image_array(msg), msg.encoding
+    import io
+
+    from PIL import Image
+    with Image.open(io.BytesIO(np.asarray(msg.data).tobytes())) as im:
+        return np.asarray(im.convert("RGB")), "rgb8"
+
+
+def _stamp_str(stamp: int) -> str:
+    return f"{stamp // 1_000_000_000}.{stamp % 1_000_000_000:09d}"
+
+
+# ------------------------------------------------------------------------------------------
+# Scoring
+
+
+class Scorer:
+    """Matches predicted label images to the ground truth by stamp and accumulates the score."""
+
+    def __init__(self, card: Any, ground_truth: dict[int, np.ndarray]) -> None:
+        from dfanet_model.metrics import ConfusionMatrix
+
+        self.card = card
+        self.ground_truth = ground_truth
+        self.matrix = ConfusionMatrix(card.num_classes, card.ignore_index)
+        self.scored = 0
+        self.without_ground_truth = 0
+        self.size_mismatch: list[str] = []
+        self._lock = threading.Lock()
+
+    def add(self, stamp: int, label: np.ndarray) -> bool:
+        """Score one prediction; False when no ground truth has its stamp or sizes differ."""
+        import torch
+
+        target = self.ground_truth.get(stamp)
+        if target is None:
+            with self._lock:
+                self.without_ground_truth += 1
+            return False
+        if target.shape != label.shape[:2]:
+            with self._lock:
+                self.size_mismatch.append(
+                    f"stamp {_stamp_str(stamp)}: prediction {label.shape[0]}x{label.shape[1]}, "
+                    f"ground truth {target.shape[0]}x{target.shape[1]}")
+            return False
+        with self._lock:
+            self.matrix.update(torch.from_numpy(target), torch.from_numpy(label))
+            self.scored += 1
+        return True
+
+
+# ------------------------------------------------------------------------------------------
+# Result
+
+
+def build_result(opts: EvalOptions, card: Any, checkpoint: Path, device: str, camera_topic: str,
+                 label_topic: str | None, pacing: str, records: list[FrameRecord],
+                 scorer: Scorer | None, labels_without_image: int, repeats: int,
+                 warnings: list[str], latency_definition: str) -> dict[str, Any]:
+    """Every number of one evaluation as plain data (what report.json holds)."""
+    answered = [r for r in records if r.received is not None]
+    latencies = [r.latency_ms for r in answered]
+    throughput = math.nan
+    if answered:
+        span = max(r.received for r in answered) - min(r.sent for r in records if r.sent)
+        throughput = len(answered) / span if span > 0 else math.nan
+    scores = scorer.matrix.compute() if scorer is not None else None
+    warnings = list(warnings)
+    if labels_without_image:
+        warnings.append(f"{labels_without_image} ground-truth label(s) have no camera image "
+                        "with the same stamp; they were not scored")
+    if repeats:
+        warnings.append(f"{repeats} camera message(s) repeat an earlier header stamp; only the "
+                        "first of each was sent")
+    if scorer is not None and scorer.without_ground_truth:
+        warnings.append(f"{scorer.without_ground_truth} answered frame(s) have no ground-truth "
+                        "label with the same stamp; they were not scored")
+    if scorer is not None and scorer.size_mismatch:
+        warnings.append(f"{len(scorer.size_mismatch)} prediction(s) differ in size from their "
+                        f"ground truth, not scored (first: {scorer.size_mismatch[0]})")
+    dropped = [r for r in records if r.received is None]
+    if dropped:
+        warnings.append(f"{len(dropped)} frame(s) sent but not answered (first at stamp "
+                        f"{_stamp_str(dropped[0].stamp)})")
+    t0 = min((r.sent for r in records if r.sent is not None), default=0.0)
+    per_class = [{"id": i, "name": name, "color": list(card.class_colors[i]),
+                  "iou": scores.iou[i] if scores else math.nan,
+                  "acc": scores.class_acc[i] if scores else math.nan}
+                 for i, name in enumerate(card.class_names)]
+    return {
+        "bag": str(opts.bag),
+        "mode": opts.mode,
+        "pacing": pacing,
+        "device": device,
+        "checkpoint": str(checkpoint),
+        "model": {"variant": card.variant, "dataset": card.dataset,
+                  "num_classes": card.num_classes, "ignore_index": card.ignore_index,
+                  "input_size": list(opts.size) if opts.size else list(card.input_size)},
+        "camera_topic": camera_topic,
+        "label_topic": label_topic,
+        "frames": {"sent": len(records), "answered": len(answered), "dropped": len(dropped),
+                   "scored": scorer.scored if scorer else 0,
+                   "without_ground_truth": scorer.without_ground_truth if scorer else 0,
+                   "labels_without_image": labels_without_image,
+                   "repeated_stamps": repeats, "warmup": opts.warmup},
+        "miou": scores.miou if scores else math.nan,
+        "pixel_acc": scores.pixel_acc if scores else math.nan,
+        "pixels": scores.pixels if scores else 0,
+        "per_class": per_class,
+        "confusion_matrix": scorer.matrix.mat.tolist() if scorer else [],
+        "latency_ms": percentiles(latencies),
+        "latency_definition": latency_definition,
+        "throughput_fps": throughput,
+        "per_frame": [{"stamp": _stamp_str(r.stamp),
+                       "sent_s": None if r.sent is None else r.sent - t0,
+                       "latency_ms": r.latency_ms, "scored": r.scored} for r in records],
+        "warnings": warnings,
+    }
+
+
+def print_summary(result: dict[str, Any], file: Any = None) -> None:
+    """The few lines a person wants on the terminal."""
+    file = file or sys.stdout
+    f, lat = result["frames"], result["latency_ms"]
+
+    def fmt(v: float, scale: float = 1.0, digits: int = 1) -> str:
+        return "n/a" if v is None or not math.isfinite(v) else f"{v * scale:.{digits}f}"
+
+    print(f"{result['mode']} evaluation of {result['bag']} ({result['pacing']}, "
+          f"device {result['device']})", file=file)
+    print(f"  mIoU {fmt(result['miou'], 100, 2)}%  pixel accuracy "
+          f"{fmt(result['pixel_acc'], 100, 2)}%  over {f['scored']} scored frame(s)", file=file)
+    print(f"  frames sent {f['sent']}, answered {f['answered']}, dropped {f['dropped']}",
+          file=file)
+    print(f"  latency p50 {fmt(lat['p50'])} ms, p90 {fmt(lat['p90'])} ms, p99 {fmt(lat['p99'])} "
+          f"ms; throughput {fmt(result['throughput_fps'])} frames/s", file=file)
+    for w in result["warnings"]:
+        print(f"  warning: {w}", file=file)
+
+
+# ------------------------------------------------------------------------------------------
+# Shared set-up
+
+
+def default_checkpoint() -> Path:
+    from dfanet_model import resources
+    path = getattr(resources, "DEFAULT_CHECKPOINT", None)
+    if path is None or not Path(path).is_file():
+        raise EvalError("no checkpoint given and no default checkpoint is installed"
+                        + (f" (expected {path})" if path else "")
+                        + "; pass --checkpoint FILE")
+    return Path(path)
+
+
+@dataclass
+class _Plan:
+    checkpoint: Path
+    card: Any
+    camera_topic: str
+    label_topic: str | None
+    ground_truth: dict[int, np.ndarray]
+    stamps: list[int]
+    repeats: int
+    labels_without_image: int
+    warnings: list[str]
+
+
+def _plan(opts: EvalOptions, reader: BagReader) -> _Plan:
+    from dfanet_model.checkpoint import read_checkpoint
+
+    checkpoint = Path(opts.checkpoint) if opts.checkpoint else default_checkpoint()
+    card = read_checkpoint(checkpoint).card
+    camera_topic = resolve_camera_topic(reader, opts.camera_topic, opts.label_topic)
+    stamps, repeats = camera_stamps(reader, camera_topic)
+    if not stamps:
+        raise BagError(reader.path, f"camera topic {camera_topic} has no messages")
+    ground_truth: dict[int, np.ndarray] = {}
+    warnings: list[str] = []
+    label_topic = normalize_topic(opts.label_topic) if opts.label_topic else None
+    if label_topic:
+        ground_truth, warnings = read_ground_truth(reader, label_topic)
+    stamp_set = set(stamps)
+    labels_without_image = sum(1 for s in ground_truth if s not in stamp_set)
+    if labels_without_image:
+        log.warning("%d ground-truth label(s) on %s have no camera image with the same stamp",
+                    labels_without_image, label_topic)
+    return _Plan(checkpoint, card, camera_topic, label_topic, ground_truth, stamps, repeats,
+                 labels_without_image, warnings)
+
+
+def _pick_snapshots(stamps: list[int], n: int) -> set[int]:
+    if n <= 0 or not stamps:
+        return set()
+    idx = np.unique(np.linspace(0, len(stamps) - 1, num=min(n, len(stamps))).round())
+    return {stamps[int(i)] for i in idx}
+
+
+def _progress(total: int, enabled: bool, desc: str) -> Any:
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="frame", disable=not enabled, file=sys.stderr)
+
+
+def evaluate(opts: EvalOptions) -> tuple[dict[str, Any], list[tuple[str, np.ndarray]]]:
+    """Run the evaluation ``opts`` asks for; returns (result, overlay snapshots)."""
+    if opts.mode not in ("online", "offline"):
+        raise EvalError(f"unknown mode {opts.mode!r} (valid: online, offline)")
+    if opts.rate is not None and not opts.rate > 0:
+        raise EvalError(f"rate must be positive, got {opts.rate}")
+    with BagReader(opts.bag) as reader:
+        plan = _plan(opts, reader)
+        if opts.mode == "offline":
+            return _evaluate_offline(opts, reader, plan)
+        return _evaluate_online(opts, reader, plan)
+
+
+# ------------------------------------------------------------------------------------------
+# Offline: the engine in this process
+
+
+def _evaluate_offline(opts: EvalOptions, reader: BagReader, plan: _Plan
+                      ) -> tuple[dict[str, Any], list[tuple[str, np.ndarray]]]:
+    from .engine import SegmentationEngine
+
+    engine = SegmentationEngine(plan.checkpoint, device=opts.device, model_size=opts.size)
+    scorer = Scorer(plan.card, plan.ground_truth) if plan.label_topic else None
+    snapshot_stamps = _pick_snapshots(plan.stamps, opts.overlays)
+    snapshots = []
+    records: list[FrameRecord] = []
+    outputs = frozenset({"label"})
+    try:
+        frames = camera_frames(reader, plan.camera_topic)
+        first = None
+        with _progress(len(plan.stamps), opts.progress, "offline") as bar:
+            for frame in frames:
+                image, encoding = decode_camera(frame.msg)
+                if first is None:  # warm-up runs on the first frame, untimed and unscored
+                    first = frame
+                    for _ in range(opts.warmup):
+                        engine.run(image, encoding=encoding, outputs=outputs)
+                record = FrameRecord(frame.stamp, sent=time.perf_counter())
+                result = engine.run(image, encoding=encoding, outputs=outputs)
+                record.received = time.perf_counter()
+                if scorer is not None:
+                    record.scored = scorer.add(frame.stamp, result.label)
+                if frame.stamp in snapshot_stamps:
+                    snapshots.append(_snapshot(frame.stamp, image, encoding, result.label,
+                                               plan.card))
+                records.append(record)
+                bar.update()
+        device = str(getattr(engine, "device", opts.device))
+    finally:
+        engine.release()
+    result = build_result(opts, plan.card, plan.checkpoint, device, plan.camera_topic,
+                          plan.label_topic, "every frame in order", records, scorer,
+                          plan.labels_without_image, plan.repeats, plan.warnings,
+                          "the wall time of engine.run per frame (decode excluded)")
+    return result, snapshots
+
+
+def _snapshot(stamp: int, image: np.ndarray, encoding: str, label: np.ndarray, card: Any
+              ) -> tuple[str, np.ndarray]:
+    rgb = image
+    if encoding in ("bgr8", "bgra8"):
+        rgb = image[..., 2::-1]
+    return f"{_stamp_str(stamp)}.png", overlay_image(rgb, label, card.class_colors)
+
+
+# ------------------------------------------------------------------------------------------
+# Online: the node over DDS
+
+
+def label_topic_for(camera_topic: str) -> str:
+    """The node's label output for a camera topic: ``<camera namespace>/segmentation/label``."""
+    base = camera_topic[:-len("/compressed")] if camera_topic.endswith("/compressed") \
+        else camera_topic
+    namespace = base.rsplit("/", 1)[0]
+    return f"{namespace}/segmentation/label"
+
+
+def dds_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) with DDS kept on this machine and able to carry images.
+
+    Discovery stays on localhost unless the caller chose otherwise, and Fast DDS gets its
+    large-data transports (default transports drop best-effort images above ~0.5 MB between
+    processes) unless a transport profile is already configured.
+    """
+    env = dict(os.environ if env is None else env)
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    if not (env.get("FASTRTPS_DEFAULT_PROFILES_FILE") or env.get("FASTDDS_DEFAULT_PROFILES_FILE")):
+        env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    return env
+
+
+class NodeProcess:
+    """The segmentation node as a subprocess, its output in a log file; stopped on exit."""
+
+    def __init__(self, command: list[str], log_path: Path) -> None:
+        self.command = command
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "NodeProcess":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=dds_environment())
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.stop()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self, lines: int = 15) -> str:
+        self._log.flush()
+        text = self.log_path.read_text(errors="replace").strip().splitlines()
+        return "\n".join("    " + line for line in text[-lines:])
+
+    def stop(self) -> None:
+        """SIGINT (a clean lifecycle shutdown), then SIGTERM, then SIGKILL."""
+        if self.proc is None:
+            return
+        for sig, wait in ((signal.SIGINT, 10.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            if self.proc.poll() is not None:
+                break
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+        self._log.close()
+
+
+class _Replayer:
+    """This process's DDS side: publishes camera messages, collects the node's label answers."""
+
+    def __init__(self, camera_topic: str, camera_type: str, label_topic: str,
+                 on_label: Callable[[Any, float], None]) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CompressedImage, Image
+
+        os.environ.update(dds_environment())  # read by the DDS participant rclpy creates
+        self._rclpy = rclpy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("dfanet_bag_eval", context=self.context)
+        msg_type = Image if camera_type == IMAGE else CompressedImage
+        self.camera_topic, self.label_topic = camera_topic, label_topic
+        self.publisher = self.node.create_publisher(
+            msg_type, camera_topic, QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+        self._on_label = on_label
+        self._qos = QoSProfile
+        self._reliability = ReliabilityPolicy
+        self._image = Image
+        self.subscription = None
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:  # the context shut down under spin(); nothing left to do
+            pass
+
+    def subscribe(self) -> None:
+        """Subscribe to the label output with the reliability its publisher offers."""
+        infos = self.node.get_publishers_info_by_topic(self.label_topic)
+        reliable = bool(infos) and all(
+            i.qos_profile.reliability == self._reliability.RELIABLE for i in infos)
+        qos = self._qos(depth=50, reliability=self._reliability.RELIABLE if reliable
+                        else self._reliability.BEST_EFFORT)
+        self.subscription = self.node.create_subscription(
+            self._image, self.label_topic, lambda msg: self._on_label(msg, time.perf_counter()),
+            qos)
+
+    def ready(self) -> bool:
+        """Both ends matched: the node subscribes to the camera and publishes the labels."""
+        return (self.publisher.get_subscription_count() > 0
+                and self.node.count_publishers(self.label_topic) > 0)
+
+    def publish(self, raw: bytes) -> None:
+        self.publisher.publish(raw)
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        if self.context.ok():
+            self._rclpy.shutdown(context=self.context)
+        self._thread.join(timeout=5.0)
+
+
+def _node_command(opts: EvalOptions, plan: _Plan) -> list[str]:
+    params = [f"checkpoint:={plan.checkpoint}", f"camera_topics:=[{plan.camera_topic}]",
+              f"device:={opts.device}"]
+    if opts.size:
+        params.append(f"model_size:=[{opts.size[0]}, {opts.size[1]}]")
+    params += opts.node_args
+    command = [sys.executable, "-m", "dfanet_ros.segmentation_node", "--ros-args"]
+    for p in params:
+        command += ["-p", p]
+    return command
+
+
+def _restamp(frame: CameraFrame, stamp: int) -> bytes:
+    """The frame's message serialised again with another header stamp (for warm-up frames)."""
+    import dataclasses
+
+    from .bag import split_stamp, typestore
+    sec, nanosec = split_stamp(stamp)
+    msg = frame.msg
+    header = dataclasses.replace(
+        msg.header, stamp=dataclasses.replace(msg.header.stamp, sec=sec, nanosec=nanosec))
+    msg = dataclasses.replace(msg, header=header)
+    return bytes(typestore().serialize_cdr(msg, msg.__msgtype__))
+
+
+def _evaluate_online(opts: EvalOptions, reader: BagReader, plan: _Plan
+                     ) -> tuple[dict[str, Any], list[tuple[str, np.ndarray]]]:
+    from contextlib import ExitStack
+
+    label_out = normalize_topic(opts.output_topic or label_topic_for(plan.camera_topic))
+    camera_type = reader.topics[plan.camera_topic].msgtype
+    scorer = Scorer(plan.card, plan.ground_truth) if plan.label_topic else None
+    snapshot_stamps = _pick_snapshots(plan.stamps, opts.overlays)
+    snapshot_labels: dict[int, np.ndarray] = {}
+    records: dict[int, FrameRecord] = {}
+    warmup_answers: set[int] = set()
+    bad_answers: list[str] = []
+    cond = threading.Condition()
+
+    def on_label(msg: Any, received: float) -> None:
+        stamp = header_stamp_ns(msg)
+        with cond:
+            record = records.get(stamp)
+            if record is None:
+                warmup_answers.add(stamp)
+                cond.notify_all()
+                return
+            if record.received is not None:  # a repeated answer: the first one counts
+                return
+            record.received = received
+        try:
+            if msg.encoding not in LABEL_ENCODINGS:
+                raise ValueError(f"encoding {msg.encoding!r}, expected mono8")
+            label = image_array(msg)
+        except ValueError as e:
+            bad_answers.append(f"stamp {_stamp_str(stamp)}: {e}")
+        else:
+            if scorer is not None:
+                record.scored = scorer.add(stamp, label)
+            if stamp in snapshot_stamps:
+                snapshot_labels[stamp] = label.copy()
+        with cond:
+            cond.notify_all()
+
+    tmp_dir = None
+    if opts.out is not None:
+        log_path = Path(opts.out) / "node.log"
+    else:
+        tmp_dir = tempfile.TemporaryDirectory(prefix="dfanet-bag-eval-")
+        log_path = Path(tmp_dir.name) / "node.log"
+    snapshot_images: dict[int, tuple[np.ndarray, str]] = {}
+    with ExitStack() as stack:
+        if tmp_dir is not None:
+            stack.callback(tmp_dir.cleanup)
+        node = None
+        if not opts.connect:
+            node = stack.enter_context(NodeProcess(_node_command(opts, plan), log_path))
+        replayer = _Replayer(plan.camera_topic, camera_type, label_out, on_label)
+        stack.callback(replayer.close)
+
+        def node_failed() -> EvalError:
+            return EvalError(f"the segmentation node exited with code {node.proc.returncode} "
+                             f"(log {log_path}):\n{node.tail()}")
+
+        # Start-up: both ends matched, then warm-up frames (re-stamped, never scored) until
+        # the node answers; this also covers discovery that completes on one side first.
+        deadline = time.monotonic() + opts.startup_timeout
+        while not replayer.ready():
+            if node is not None and not node.alive():
+                raise node_failed()
+            if time.monotonic() > deadline:
+                raise EvalError(f"no segmentation node answered within {opts.startup_timeout:g} "
+                                f"s: nobody subscribes to {plan.camera_topic} and publishes "
+                                f"{label_out}" + (f" (node log {log_path}:\n{node.tail()})"
+                                                  if node is not None else ""))
+            time.sleep(0.1)
+        replayer.subscribe()
+        frames = camera_frames(reader, plan.camera_topic)
+        first = next(frames)
+        taken = set(plan.stamps) | set(plan.ground_truth)
+        warm_stamps = [s for s in range(first.stamp - 1000, first.stamp) if s not in taken]
+        for k in range(opts.warmup if opts.warmup > 0 else 1):
+            stamp = warm_stamps[-1 - k]
+            raw = _restamp(first, stamp)
+            while True:
+                replayer.publish(raw)
+                with cond:
+                    if cond.wait_for(lambda s=stamp: s in warmup_answers, timeout=1.0):
+                        break
+                if node is not None and not node.alive():
+                    raise node_failed()
+                if time.monotonic() > deadline:
+                    raise EvalError(f"the segmentation node did not answer a warm-up frame "
+                                    f"on {label_out} within {opts.startup_timeout:g} s")
+
+        if opts.as_fast_as_possible:
+            pacing = "as fast as possible, one frame in flight"
+        elif opts.rate:
+            pacing = f"{opts.rate:g} frames/s"
+        else:
+            pacing = "the recorded rate"
+        sent_order: list[FrameRecord] = []
+        t_start = time.perf_counter()
+        with _progress(len(plan.stamps), opts.progress, "online") as bar:
+            def all_frames() -> Iterator[CameraFrame]:
+                yield first
+                yield from frames
+
+            for i, frame in enumerate(all_frames()):
+                if not opts.as_fast_as_possible:
+                    offset = (i / opts.rate if opts.rate
+                              else (frame.bag_time - first.bag_time) / 1e9)
+                    delay = t_start + offset - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
+                record = FrameRecord(frame.stamp)
+                with cond:
+                    records[frame.stamp] = record
+                    record.sent = time.perf_counter()
+                replayer.publish(frame.raw)
+                sent_order.append(record)
+                if frame.stamp in snapshot_stamps:
+                    snapshot_images[frame.stamp] = decode_camera(frame.msg)
+                if opts.as_fast_as_possible:
+                    with cond:
+                        cond.wait_for(lambda r=record: r.received is not None,
+                                      timeout=opts.timeout)
+                    if record.received is None:
+                        log.warning("no answer for the frame at stamp %s within %g s; counted "
+                                    "as dropped", _stamp_str(frame.stamp), opts.timeout)
+                if node is not None and not node.alive():
+                    raise node_failed()
+                bar.update()
+            # The node answers in order: once the last frame is answered (or the time is up),
+            # anything still unanswered was dropped.
+            last = sent_order[-1]
+            with cond:
+                cond.wait_for(lambda: last.received is not None, timeout=opts.timeout)
+            time.sleep(0.05)  # let a callback in progress finish scoring
+        device = opts.device
+    warnings = list(plan.warnings)
+    if bad_answers:
+        warnings.append(f"{len(bad_answers)} answer(s) could not be read as labels (first: "
+                        f"{bad_answers[0]})")
+    snapshots = [_snapshot(s, *snapshot_images[s], snapshot_labels[s], plan.card)
+                 for s in sorted(snapshot_labels) if s in snapshot_images]
+    result = build_result(opts, plan.card, plan.checkpoint, device, plan.camera_topic,
+                          plan.label_topic, pacing, sent_order, scorer,
+                          plan.labels_without_image, plan.repeats, warnings,
+                          "from publishing the camera message to receiving the node's label "
+                          "message, both in the evaluating process")
+    return result, snapshots

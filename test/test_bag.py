@@ -1,0 +1,239 @@
+"""rosbag2 writing and reading: round trips in both storages, bags with other topics, bag make."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from dfanet_ros.bag import (
+    COMPRESSED_IMAGE,
+    IMAGE,
+    BagError,
+    BagReader,
+    BagWriter,
+    compressed_message,
+    header_stamp_ns,
+    image_array,
+    image_message,
+    typestore,
+)
+from dfanet_ros.bag_eval import resolve_camera_topic
+from dfanet_ros.bag_make import find_frames, make_bag
+
+STORAGE_SUFFIX = {"mcap": ".mcap", "sqlite3": ".db3"}
+T0 = 1_700_000_000_123_456_789
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_round_trip_keeps_stamps_encodings_and_bytes(tmp_path, storage):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    mono = rng.integers(0, 12, (5, 7), dtype=np.uint8)
+    jpeg = b"\xff\xd8\xff\xe0 not really a jpeg, bytes are bytes"
+    path = tmp_path / "bag"
+    with BagWriter(path, storage) as writer:
+        for i in range(3):
+            stamp = T0 + i * 66_666_667
+            writer.write("camera/image_raw", image_message(rgb + i, "rgb8", stamp, "cam"), stamp)
+            writer.write("/camera/label_gt", image_message(mono, "mono8", stamp, "cam"), stamp)
+            writer.write("/camera/image_raw/compressed",
+                         compressed_message(jpeg, "jpeg", stamp, "cam"), stamp + 5)
+
+    assert (path / "metadata.yaml").is_file()
+    assert [p.suffix for p in path.iterdir() if p.name != "metadata.yaml"] == \
+        [STORAGE_SUFFIX[storage]]
+    with BagReader(path) as reader:
+        assert {n: (t.msgtype, t.count) for n, t in reader.topics.items()} == {
+            "/camera/image_raw": (IMAGE, 3), "/camera/label_gt": (IMAGE, 3),
+            "/camera/image_raw/compressed": (COMPRESSED_IMAGE, 3)}
+        images = list(reader.messages("/camera/image_raw"))
+        labels = list(reader.messages("camera/label_gt"))
+        compressed = list(reader.messages("/camera/image_raw/compressed"))
+    rows = zip(images, labels, compressed, strict=True)
+    for i, ((t_img, img), (t_lbl, lbl), (t_c, c)) in enumerate(rows):
+        stamp = T0 + i * 66_666_667
+        assert (t_img, t_lbl, t_c) == (stamp, stamp, stamp + 5)
+        assert header_stamp_ns(img) == header_stamp_ns(lbl) == header_stamp_ns(c) == stamp
+        assert (img.encoding, img.step, img.header.frame_id) == ("rgb8", 21, "cam")
+        assert lbl.encoding == "mono8"
+        np.testing.assert_array_equal(image_array(img), rgb + i)
+        np.testing.assert_array_equal(image_array(lbl), mono)
+        assert (c.format, bytes(c.data)) == ("jpeg", jpeg)
+
+
+def test_bag_bytes_are_what_rclpy_deserialises(tmp_path):
+    """What `ros2 bag play` sends is the stored CDR: rclpy must read it as the same message."""
+    from rclpy.serialization import deserialize_message, serialize_message
+    from sensor_msgs.msg import Image
+
+    rgb = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    with BagWriter(tmp_path / "bag") as writer:
+        writer.write("/cam", image_message(rgb, "rgb8", T0, "cam"), T0)
+    with BagReader(tmp_path / "bag") as reader:
+        (_, raw), = reader.raw_messages("/cam")
+    msg = deserialize_message(bytes(raw), Image)
+    assert (msg.height, msg.width, msg.encoding, msg.step) == (4, 6, "rgb8", 18)
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == divmod(T0, 1_000_000_000)
+    assert bytes(msg.data) == rgb.tobytes()
+    assert serialize_message(msg) == bytes(raw)
+
+
+def _extra_topics_bag(path: Path, storage: str) -> None:
+    """A bag as a car records it: IMU and tf beside a camera that is not on the default topic."""
+    types = typestore().types
+    Time, Header = types["builtin_interfaces/msg/Time"], types["std_msgs/msg/Header"]
+    Imu, Vec, Quat = (types["sensor_msgs/msg/Imu"], types["geometry_msgs/msg/Vector3"],
+                      types["geometry_msgs/msg/Quaternion"])
+    TF, TS, Tr = (types["tf2_msgs/msg/TFMessage"], types["geometry_msgs/msg/TransformStamped"],
+                  types["geometry_msgs/msg/Transform"])
+    cov = np.zeros(9, dtype=np.float64)
+    rgb = np.full((4, 5, 3), 7, dtype=np.uint8)
+    with BagWriter(path, storage) as writer:
+        for i in range(6):
+            stamp = T0 + i * 10_000_000
+            header = Header(stamp=Time(sec=stamp // 10**9, nanosec=stamp % 10**9),
+                            frame_id="imu")
+            writer.write("/imu", Imu(header=header, orientation=Quat(x=0, y=0, z=0, w=1),
+                                     orientation_covariance=cov,
+                                     angular_velocity=Vec(x=0, y=0, z=0.1),
+                                     angular_velocity_covariance=cov,
+                                     linear_acceleration=Vec(x=0, y=0, z=9.8),
+                                     linear_acceleration_covariance=cov), stamp)
+            writer.write("/tf", TF(transforms=[TS(header=header, child_frame_id="base",
+                                                  transform=Tr(translation=Vec(x=i, y=0, z=0),
+                                                               rotation=Quat(x=0, y=0, z=0,
+                                                                             w=1)))]), stamp)
+            if i % 2 == 0:
+                writer.write("/front/image_raw", image_message(rgb + i, "rgb8", stamp, "front"),
+                             stamp + 1)
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_reads_the_camera_of_a_bag_with_other_topics(tmp_path, storage):
+    _extra_topics_bag(tmp_path / "drive", storage)
+    with BagReader(tmp_path / "drive") as reader:
+        assert set(reader.topics) == {"/imu", "/tf", "/front/image_raw"}
+        assert resolve_camera_topic(reader, None, "/camera/label_gt") == "/front/image_raw"
+        frames = list(reader.messages("/front/image_raw"))
+        imu = list(reader.messages("/imu"))
+    assert [image_array(m)[0, 0, 0] for _, m in frames] == [7, 9, 11]
+    assert [t for t, _ in frames] == [T0 + 1, T0 + 20_000_001, T0 + 40_000_001]
+    assert len(imu) == 6 and imu[0][1].linear_acceleration.z == pytest.approx(9.8)
+
+
+def test_missing_and_wrongly_typed_topics_are_named(tmp_path):
+    _extra_topics_bag(tmp_path / "drive", "mcap")
+    with BagReader(tmp_path / "drive") as reader:
+        with pytest.raises(BagError, match=r"no camera topic /camera/image_raw; the bag has:"
+                                           r"[\s\S]*/front/image_raw  sensor_msgs/msg/Image  "
+                                           r"\(3 messages\)[\s\S]*/imu  sensor_msgs/msg/Imu"):
+            reader.require_topic("camera/image_raw", (IMAGE,), "camera")
+        with pytest.raises(BagError, match=r"camera topic /imu has type sensor_msgs/msg/Imu, "
+                                           r"expected sensor_msgs/msg/Image"):
+            reader.require_topic("/imu", (IMAGE,), "camera")
+
+
+def test_unreadable_bags_raise_bag_error(tmp_path):
+    with pytest.raises(BagError, match=r"bag .*nothing-here: not found"):
+        BagReader(tmp_path / "nothing-here")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(BagError, match="directory without metadata.yaml"):
+        BagReader(tmp_path / "plain")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "metadata.yaml").write_text("rosbag2_bagfile_information: [this is not a bag\n")
+    with pytest.raises(BagError, match="broken: cannot be read"):
+        BagReader(broken)
+
+
+def test_writer_refuses_an_existing_path_and_leaves_no_half_bag(tmp_path):
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(BagError, match="exists already"):
+        BagWriter(tmp_path / "taken")
+    with pytest.raises(ValueError, match="unknown storage 'rosbag1'"):
+        BagWriter(tmp_path / "x", "rosbag1")
+    with pytest.raises(RuntimeError, match="boom"):
+        with BagWriter(tmp_path / "half") as writer:
+            writer.write("/cam", image_message(np.zeros((2, 2), np.uint8), "mono8", T0, ""), T0)
+            raise RuntimeError("boom")
+    assert not (tmp_path / "half").exists()
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_make_writes_a_split_in_sequence_order_with_matching_labels(tmp_path, sample_camvid,
+                                                                    storage):
+    made = make_bag(tmp_path / "bag", sample_camvid, split="test", rate=10, storage=storage,
+                    limit=3, start_ns=T0)
+    assert (made.frames, made.labels) == (3, 3)
+    files = sorted((sample_camvid / "test").glob("*.jpg"))[:3]
+    with BagReader(made.path) as reader:
+        images = list(reader.messages("/camera/image_raw"))
+        labels = list(reader.messages("/camera/label_gt"))
+    assert [t for t, _ in images] == [t for t, _ in labels] == [T0, T0 + 10**8, T0 + 2 * 10**8]
+    for (_, img), (_, lbl), f in zip(images, labels, files, strict=True):
+        assert header_stamp_ns(img) == header_stamp_ns(lbl)
+        assert (img.encoding, lbl.encoding, img.header.frame_id) == ("rgb8", "mono8", "camera")
+        np.testing.assert_array_equal(image_array(img),
+                                      np.asarray(PILImage.open(f).convert("RGB")))
+        np.testing.assert_array_equal(
+            image_array(lbl), np.asarray(PILImage.open(sample_camvid / "testannot" /
+                                                       f"{f.stem}.png")))
+
+
+def test_make_compressed_keeps_the_source_files_bytes(tmp_path, sample_camvid):
+    made = make_bag(tmp_path / "bag", sample_camvid, compressed=True, limit=2, start_ns=T0)
+    assert made.camera_topic == "/camera/image_raw/compressed"
+    files = sorted((sample_camvid / "test").glob("*.jpg"))[:2]
+    with BagReader(made.path) as reader:
+        assert reader.topics[made.camera_topic].msgtype == COMPRESSED_IMAGE
+        msgs = [m for _, m in reader.messages(made.camera_topic)]
+    assert [m.format for m in msgs] == ["jpeg", "jpeg"]
+    assert [bytes(m.data) for m in msgs] == [f.read_bytes() for f in files]
+
+
+def test_find_frames_orders_naturally_and_pairs_labels(tmp_path):
+    images, annot = tmp_path / "seq", tmp_path / "seqannot"
+    images.mkdir()
+    annot.mkdir()
+    for name in ("f10", "f2", "f1"):
+        PILImage.fromarray(np.zeros((3, 4, 3), np.uint8)).save(images / f"{name}.png")
+    PILImage.fromarray(np.ones((3, 4), np.uint8)).save(annot / "f2.png")
+    frames = find_frames(images)
+    assert [f.image.name for f in frames] == ["f1.png", "f2.png", "f10.png"]
+    assert [f.label.name if f.label else None for f in frames] == [None, "f2.png", None]
+
+
+def test_make_rejects_bad_sources(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        make_bag(tmp_path / "bag", tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no images"):
+        make_bag(tmp_path / "bag", tmp_path / "empty")
+    images, annot = tmp_path / "seq", tmp_path / "seqannot"
+    images.mkdir()
+    annot.mkdir()
+    PILImage.fromarray(np.zeros((3, 4, 3), np.uint8)).save(images / "a.png")
+    PILImage.fromarray(np.zeros((5, 4), np.uint8)).save(annot / "a.png")
+    with pytest.raises(ValueError, match=r"label .*a.png: size 5x4 differs from its image's 3x4"):
+        make_bag(tmp_path / "bag", images)
+    assert not (tmp_path / "bag").exists()
+
+
+def test_bag_make_command(tmp_path, sample_camvid):
+    out = tmp_path / "drive"
+    result = subprocess.run(
+        [sys.executable, "-m", "dfanet_model.cli", "bag", "make", str(out), "--from",
+         str(sample_camvid), "--storage", "sqlite3", "--rate", "5", "--limit", "2"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "2 frames on /camera/image_raw at 5 Hz, 2 ground-truth labels" in result.stdout
+    assert (out / "metadata.yaml").is_file()
+    again = subprocess.run(
+        [sys.executable, "-m", "dfanet_model.cli", "bag", "make", str(out), "--from",
+         str(sample_camvid)], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1
+    assert f"dfanet bag make: bag {out}: exists already" in again.stderr
