@@ -1,0 +1,189 @@
+"""Inference copies of DFANet: batch norm folded into the convolutions, then run by the fastest
+correct backend for the device.
+
+``prepare_for_inference(model)`` never changes ``model``: it folds a deep copy, so training can
+go on with the original.  The prepared module keeps the model's contract: a float NCHW
+normalised image in, logits at the input's height and width out (in fp16 when ``half``).
+
+Backends (each one checked against the eager model by ``test/test_fast.py``):
+
+* ``eager``        the folded module itself (channels-last where asked).
+* ``jit``          TorchScript trace, frozen and ``optimize_for_inference`` (oneDNN on the CPU);
+                   one trace per input shape, because a trace fixes the shape-dependent resizes.
+* ``compile``      ``torch.compile`` (Inductor); recompiles when the input shape changes.
+* ``onnxruntime``  an ONNX Runtime CPU session per input shape, graph optimisation level ALL.
+* ``auto``         the backend measured fastest on that kind of device (``AUTO_BACKEND``;
+                   figures in BENCHMARKS.md).
+"""
+from __future__ import annotations
+
+import copy
+import io
+from typing import Callable
+
+import torch
+from torch import nn
+
+BACKENDS = ("auto", "eager", "jit", "compile", "onnxruntime")
+
+# Chosen from side-by-side measurements (BENCHMARKS.md, "Inference backends on the CPU").
+AUTO_BACKEND = {"cpu": "eager", "cuda": "eager"}
+
+
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A new convolution equal to ``bn(conv(x))`` in eval mode (``conv`` and ``bn`` untouched).
+
+    ``bn(y) = (y - mean) * gamma / sqrt(var + eps) + beta`` is affine per output channel, so it
+    scales each filter and shifts the bias.  Computed in float64, stored in the conv's dtype.
+    """
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("cannot fold a batch norm without running statistics "
+                         "(track_running_stats=False)")
+    if conv.out_channels != bn.num_features:
+        raise ValueError(f"cannot fold: conv has {conv.out_channels} output channels, batch norm "
+                         f"{bn.num_features} features")
+    w = conv.weight.detach().double()
+    mean, var = bn.running_mean.double(), bn.running_var.double()
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(mean)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(mean)
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(mean)
+    scale = gamma / torch.sqrt(var + bn.eps)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                      conv.padding, conv.dilation, conv.groups, bias=True,
+                      padding_mode=conv.padding_mode,
+                      device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        fused.weight.copy_(w * scale.reshape(-1, 1, 1, 1))
+        fused.bias.copy_((bias - mean) * scale + beta)
+    return fused
+
+
+def fold_batch_norms(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` in eval mode with every Conv2d -> BatchNorm2d pair folded.
+
+    Pairs are found as consecutive children of an ``nn.Sequential`` (every ``ConvNormAct`` of
+    the network); the batch norm is replaced by ``nn.Identity`` so module names stay stable.
+    """
+    folded = copy.deepcopy(model).eval()
+    for module in folded.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        names = list(module._modules)
+        for first, second in zip(names[:-1], names[1:], strict=True):
+            conv, bn = module._modules[first], module._modules[second]
+            if isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d:
+                module._modules[first] = fold_conv_bn(conv, bn)
+                module._modules[second] = nn.Identity()
+    for p in folded.parameters():
+        p.requires_grad_(False)
+    return folded
+
+
+class _PerShape(nn.Module):
+    """Runs a callable built once per input (shape, dtype, device): traces and ONNX graphs
+    fix the shape-dependent resizes, so each input shape gets its own."""
+
+    def __init__(self, model: nn.Module, build: Callable[[nn.Module, torch.Tensor], Callable],
+                 name: str) -> None:
+        super().__init__()
+        self.model = model
+        self._build = build
+        self._name = name
+        self._cache: dict[tuple, Callable] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        key = (tuple(x.shape), x.dtype, x.device)
+        run = self._cache.get(key)
+        if run is None:
+            run = self._cache[key] = self._build(self.model, x)
+        return run(x)
+
+    def extra_repr(self) -> str:
+        return f"backend={self._name}, shapes={[k[0] for k in self._cache]}"
+
+
+class _Prepared(nn.Module):
+    """Casts and lays out the input as the inner module wants, then runs it."""
+
+    def __init__(self, inner: nn.Module, dtype: torch.dtype, channels_last: bool,
+                 backend: str, num_classes: int | None) -> None:
+        super().__init__()
+        self.inner = inner
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.backend = backend
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected a float image batch of shape (N, 3, H, W), "
+                             f"got {tuple(x.shape)}")
+        x = x.to(self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.inner(x)
+
+    def extra_repr(self) -> str:
+        return f"backend={self.backend}, dtype={self.dtype}, channels_last={self.channels_last}"
+
+
+def _jit_build(model: nn.Module, x: torch.Tensor) -> Callable:
+    with torch.inference_mode(False), torch.no_grad():
+        traced = torch.jit.trace(model, x, check_trace=False)
+        return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+
+
+def _ort_build(model: nn.Module, x: torch.Tensor) -> Callable:
+    import onnxruntime as ort
+
+    if x.device.type != "cpu":
+        raise ValueError("the onnxruntime backend runs on the CPU only")
+    buffer = io.BytesIO()
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(model, (x.contiguous(),), buffer, input_names=["image"],
+                          output_names=["logits"], dynamo=False, opset_version=17)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    def run(inp: torch.Tensor) -> torch.Tensor:
+        out = session.run(None, {"image": inp.contiguous().numpy()})[0]
+        return torch.from_numpy(out)
+
+    return run
+
+
+def prepare_for_inference(model: nn.Module, device: torch.device | str = "cpu",
+                          half: bool = False, channels_last: bool = True,
+                          backend: str = "auto") -> nn.Module:
+    """An eval-mode inference copy of ``model`` (BN folded) on ``device``; ``model`` untouched.
+
+    ``half`` runs in fp16 (CUDA only).  ``backend`` is one of ``BACKENDS``; ``auto`` takes the
+    one measured fastest for the device type.
+    """
+    device = torch.device(device)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if half and device.type != "cuda":
+        raise ValueError(f"half=True needs a CUDA device, got {device}")
+    if backend == "auto":
+        backend = AUTO_BACKEND.get(device.type, "eager")
+    if backend == "onnxruntime" and device.type != "cpu":
+        raise ValueError(f"the onnxruntime backend runs on the CPU only, got {device}")
+    dtype = torch.float16 if half else torch.float32
+    folded = fold_batch_norms(model).to(device=device, dtype=dtype)
+    if channels_last:
+        folded = folded.to(memory_format=torch.channels_last)
+    inner: nn.Module
+    if backend == "eager":
+        inner = folded
+    elif backend == "jit":
+        inner = _PerShape(folded, _jit_build, "jit")
+    elif backend == "onnxruntime":
+        inner = _PerShape(folded, _ort_build, "onnxruntime")
+    else:  # compile
+        inner = torch.compile(folded, dynamic=False)
+    return _Prepared(inner, dtype, channels_last, backend,
+                     getattr(model, "num_classes", None)).eval()
