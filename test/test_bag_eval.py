@@ -1,0 +1,182 @@
+"""dfanet bag eval: stamp matching, bad input, the report folder, and online == offline."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dfanet_model.checkpoint import ModelCard, save_model
+from dfanet_model.classes import CAMVID
+from dfanet_model.cli import main as dfanet
+from dfanet_model.metrics import ConfusionMatrix
+from dfanet_model.network import build_dfanet
+from dfanet_ros.bag import BagReader, BagWriter, image_message, typestore
+from dfanet_ros.bag_eval import EvalOptions, Scorer, _plan, build_result
+from dfanet_ros.bag_make import make_bag
+from dfanet_ros.report import IOU_PNG, LATENCY_PNG, REPORT_JSON, SUMMARY_MD, write_report
+
+T0 = 1_700_000_000_000_000_000
+PERIOD = 100_000_000
+
+
+def camvid_card() -> ModelCard:
+    return ModelCard(variant="B", num_classes=CAMVID.num_classes, class_names=list(CAMVID.names),
+                     class_colors=[list(c) for c in CAMVID.colors],
+                     ignore_index=CAMVID.ignore_index, dataset="camvid")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """Random DFANet-B weights with the CamVid class table: small and fast."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "random_b.safetensors"
+    save_model(path, build_dfanet("B", CAMVID.num_classes), camvid_card())
+    return path
+
+
+def _label(value: int, shape=(6, 8)) -> np.ndarray:
+    return np.full(shape, value, dtype=np.uint8)
+
+
+def _drops_bag(path: Path) -> None:
+    """Five camera frames; labels for frames 0, 1, 3 and for two stamps with no image at all."""
+    rgb = np.zeros((6, 8, 3), np.uint8)
+    with BagWriter(path) as w:
+        w.add_topic("/camera/image_raw", "sensor_msgs/msg/Image")
+        w.add_topic("/camera/label_gt", "sensor_msgs/msg/Image")
+        for i in range(5):
+            stamp = T0 + i * PERIOD
+            w.write("/camera/image_raw", image_message(rgb, "rgb8", stamp, "camera"), stamp)
+            if i in (0, 1, 3):
+                w.write("/camera/label_gt", image_message(_label(i), "mono8", stamp, "camera"),
+                        stamp)
+        for extra in (T0 + 7, T0 + 9 * PERIOD):
+            w.write("/camera/label_gt", image_message(_label(1), "mono8", extra, "camera"), extra)
+
+
+def test_stamps_match_with_drops_and_unmatched_labels(tmp_path, checkpoint):
+    _drops_bag(tmp_path / "bag")
+    opts = EvalOptions(bag=tmp_path / "bag", checkpoint=checkpoint, mode="offline")
+    with BagReader(opts.bag) as reader:
+        plan = _plan(opts, reader)
+    assert plan.stamps == [T0 + i * PERIOD for i in range(5)]
+    assert sorted(plan.ground_truth) == sorted([T0 + i * PERIOD for i in (0, 1, 3)]
+                                               + [T0 + 7, T0 + 9 * PERIOD])
+    assert plan.labels_without_image == 2
+
+    # The node answered frames 0, 2, 3 (1 and 4 dropped); frame 2 has no ground truth.
+    from dfanet_ros.bag_eval import FrameRecord
+    scorer = Scorer(plan.card, plan.ground_truth)
+    records = []
+    for i in range(5):
+        record = FrameRecord(T0 + i * PERIOD, sent=float(i))
+        if i in (0, 2, 3):
+            record.received = i + 0.010 * (i + 1)
+            record.scored = scorer.add(record.stamp, _label(i if i != 3 else 5))
+        records.append(record)
+    assert [r.scored for r in records] == [True, False, False, True, False]
+    expected = ConfusionMatrix(11, 11)
+    expected.update(torch.from_numpy(_label(0)), torch.from_numpy(_label(0)))
+    expected.update(torch.from_numpy(_label(3)), torch.from_numpy(_label(5)))
+    assert torch.equal(scorer.matrix.mat, expected.mat)
+
+    result = build_result(opts, plan.card, checkpoint, "cpu", plan.camera_topic,
+                          plan.label_topic, "test", records, scorer, plan.labels_without_image,
+                          plan.repeats, plan.warnings, "test")
+    f = result["frames"]
+    assert (f["sent"], f["answered"], f["dropped"], f["scored"]) == (5, 3, 2, 2)
+    assert (f["without_ground_truth"], f["labels_without_image"]) == (1, 2)
+    # Sky all right (IoU 1); Road all predicted as Tree: Road and Tree both IoU 0.
+    assert result["miou"] == pytest.approx(1 / 3)
+    assert result["latency_ms"]["p50"] == pytest.approx(30.0)
+    text = "\n".join(result["warnings"])
+    assert "2 ground-truth label(s) have no camera image with the same stamp" in text
+    assert "1 answered frame(s) have no ground-truth label" in text
+    assert "2 frame(s) sent but not answered (first at stamp 1700000000.100000000)" in text
+
+
+def test_report_folder(tmp_path, checkpoint):
+    _drops_bag(tmp_path / "bag")
+    opts = EvalOptions(bag=tmp_path / "bag", checkpoint=checkpoint, mode="offline")
+    with BagReader(opts.bag) as reader:
+        plan = _plan(opts, reader)
+    from dfanet_ros.bag_eval import FrameRecord
+    scorer = Scorer(plan.card, plan.ground_truth)
+    records = [FrameRecord(s, sent=i * 0.1, received=i * 0.1 + 0.02 + 0.001 * i)
+               for i, s in enumerate(plan.stamps)]
+    for r in records:
+        r.scored = scorer.add(r.stamp, _label(0))
+    result = build_result(opts, plan.card, checkpoint, "cpu", plan.camera_topic,
+                          plan.label_topic, "test pacing", records, scorer, 0, 0, [], "test")
+    overlay = np.zeros((6, 8, 3), np.uint8)
+    out = write_report(tmp_path / "report", result, [("a.png", overlay)])
+    data = json.loads((out / REPORT_JSON).read_text())
+    assert data["frames"]["scored"] == 3 and data["overlays"] == ["a.png"]
+    assert data["per_class"][0]["name"] == "Sky" and data["per_class"][3]["iou"] == 0.0
+    assert data["per_class"][2]["iou"] is None  # Pole: neither present nor predicted
+    for png in (IOU_PNG, LATENCY_PNG, "overlays/a.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (out / SUMMARY_MD).read_text()
+    assert "| Sky | 33.33 | 100.00 |" in summary
+    assert "| Pole | n/a | n/a |" in summary
+    # Ground truth Sky, Building, Road on one frame each, all predicted Sky: (1/3 + 0 + 0) / 3.
+    assert math.isclose(data["miou"], 1 / 9)
+
+
+def _eval(capsys, *args) -> tuple[int, str]:
+    code = dfanet(["bag", "eval", *args, "--no-progress"])
+    return code, capsys.readouterr().err
+
+
+def test_bad_input_errors_name_the_problem(tmp_path, capsys, checkpoint, sample_camvid):
+    ck = ["--checkpoint", str(checkpoint), "--mode", "offline"]
+    code, err = _eval(capsys, str(tmp_path / "no-such-bag"), *ck)
+    assert code == 1 and f"bag {tmp_path / 'no-such-bag'}: not found" in err
+
+    made = make_bag(tmp_path / "bag", sample_camvid, limit=1, start_ns=T0)
+    code, err = _eval(capsys, str(made.path), *ck, "--camera-topic", "/front/image_raw")
+    assert code == 1
+    assert "no camera topic /front/image_raw; the bag has:" in err
+    assert "/camera/image_raw  sensor_msgs/msg/Image  (1 messages)" in err
+    code, err = _eval(capsys, str(made.path), *ck, "--label-topic", "/gt")
+    assert code == 1 and "no ground-truth label topic /gt; the bag has:" in err
+
+    code, err = _eval(capsys, str(made.path), *ck, "--camera-topic", "/camera/label_gt",
+                      "--label-topic", "/camera/image_raw")
+    assert code == 1
+    assert "ground-truth topic /camera/image_raw has encoding 'rgb8'; expected mono8" in err
+
+    wrong = tmp_path / "wrong"
+    with BagWriter(wrong) as w:
+        w.write("/camera/image_raw", typestore().types["std_msgs/msg/String"](data="hi"), T0)
+    code, err = _eval(capsys, str(wrong), *ck)
+    assert code == 1
+    assert ("camera topic /camera/image_raw has type std_msgs/msg/String, expected "
+            "sensor_msgs/msg/Image or sensor_msgs/msg/CompressedImage") in err
+
+    code, err = _eval(capsys, str(made.path), "--checkpoint", str(tmp_path / "none.pt"))
+    assert code == 1 and f"checkpoint {tmp_path / 'none.pt'}: file not found" in err
+
+
+def test_missing_default_checkpoint_is_named(tmp_path, capsys, sample_camvid, monkeypatch):
+    from dfanet_model import resources
+    monkeypatch.setattr(resources, "DEFAULT_CHECKPOINT", tmp_path / "absent.safetensors",
+                        raising=False)
+    made = make_bag(tmp_path / "bag", sample_camvid, limit=1, start_ns=T0)
+    code, err = _eval(capsys, str(made.path), "--mode", "offline")
+    assert code == 1
+    assert "no checkpoint given and no default checkpoint is installed" in err
+    assert "absent.safetensors" in err
+
+
+@pytest.fixture
+def ros_domain(monkeypatch):
+    """A DDS domain of this test's own (the node subprocess inherits it)."""
+    domain = str(100 + os.getpid() % 60)
+    monkeypatch.setenv("ROS_DOMAIN_ID", domain)
+    return domain
