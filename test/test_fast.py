@@ -1,0 +1,146 @@
+"""Inference copies (dfanet_model.fast) equal the eager model within the stated tolerance."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from dfanet_model.fast import (
+    BACKENDS,
+    fold_batch_norms,
+    fold_conv_bn,
+    prepare_for_inference,
+)
+from dfanet_model.network import build_dfanet
+
+# The tolerance every optimised path is held to, against the eager fp32 model.
+MAX_ABS_DIFF = 1e-3
+MIN_ARGMAX_AGREEMENT = 0.999
+
+HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
+
+
+def _trained_like(variant: str, num_classes: int = 11) -> nn.Module:
+    """A model whose batch norms hold non-trivial statistics, as after training."""
+    torch.manual_seed(0)
+    model = build_dfanet(variant, num_classes)
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+    return model.eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: with the cores shared, two threads spend their time waiting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=["A", "B"])
+def model(request: pytest.FixtureRequest) -> nn.Module:
+    return _trained_like(request.param)
+
+
+def _assert_close(out: torch.Tensor, ref: torch.Tensor) -> None:
+    assert out.shape == ref.shape
+    diff = (out.float() - ref).abs().max().item()
+    agreement = (out.argmax(1) == ref.argmax(1)).float().mean().item()
+    assert diff < MAX_ABS_DIFF, f"max abs logit difference {diff:.2e}"
+    assert agreement > MIN_ARGMAX_AGREEMENT, f"argmax agrees on only {agreement:.4%} of pixels"
+
+
+def test_fold_is_exact_per_layer() -> None:
+    model = _trained_like("A")
+    pairs = [(m[0], m[1]) for m in model.modules()
+             if isinstance(m, nn.Sequential) and len(m) >= 2
+             and isinstance(m[0], nn.Conv2d) and isinstance(m[1], nn.BatchNorm2d)]
+    assert len(pairs) > 100  # every ConvNormAct of the network
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for conv, bn in pairs:
+            x = torch.randn(2, conv.in_channels, 7, 9)
+            ref = bn(conv(x))
+            out = fold_conv_bn(conv, bn)(x)
+            assert (out - ref).abs().max().item() < 1e-5 * (1 + ref.abs().max().item())
+
+
+def test_fold_removes_every_batch_norm_and_leaves_the_original(model: nn.Module) -> None:
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    folded = fold_batch_norms(model)
+    prepare_for_inference(model, backend="eager")
+    assert model.training, "preparing must not switch the original model to eval mode"
+    model.eval()
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before), "original weights changed"
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) > 100
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert not folded.training
+    assert not any(p.requires_grad for p in folded.parameters())
+
+
+@pytest.mark.parametrize(("size", "channels_last"), [
+    ((64, 64), True), ((97, 131), True), ((45, 61), True), ((45, 61), False)])
+def test_eager_backend_matches(model: nn.Module, size: tuple[int, int],
+                               channels_last: bool) -> None:
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, *size)
+    prepared = prepare_for_inference(model, backend="eager", channels_last=channels_last)
+    with torch.inference_mode():
+        _assert_close(prepared(x), model(x))
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime is not installed")
+def test_onnxruntime_backend_matches_and_rebuilds_per_shape(model: nn.Module) -> None:
+    prepared = prepare_for_inference(model, backend="onnxruntime")
+    torch.manual_seed(4)
+    # An odd size, then another: each shape gets its own session, and the first is reused.
+    for size in [(45, 61), (64, 96), (45, 61)]:
+        x = torch.randn(1, 3, *size)
+        with torch.inference_mode():
+            _assert_close(prepared(x), model(x))
+    assert len(prepared.inner._cache) == 2
+
+
+def test_auto_backend_matches_on_cpu() -> None:
+    model = _trained_like("B")
+    prepared = prepare_for_inference(model)
+    assert prepared.backend in BACKENDS and prepared.backend != "auto"
+    x = torch.randn(1, 3, 33, 47)
+    with torch.inference_mode():
+        _assert_close(prepared(x), model(x))
+
+
+def test_bad_arguments_are_named() -> None:
+    model = build_dfanet("B", 3)
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
+        prepare_for_inference(model, backend="tensorrt")
+    with pytest.raises(ValueError, match="half=True needs a CUDA device"):
+        prepare_for_inference(model, half=True)
+    prepared = prepare_for_inference(model, backend="eager")
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\), got \(3, 32, 32\)"):
+        prepared(torch.zeros(3, 32, 32))
+
+
+@pytest.mark.skipif(not os.environ.get("DFANET_SLOW_TESTS"),
+                    reason="torch.compile takes 1-2 minutes on 2 shared cores; "
+                           "set DFANET_SLOW_TESTS=1 to run it")
+def test_compile_backend_matches() -> None:
+    model = _trained_like("B")
+    prepared = prepare_for_inference(model, backend="compile")
+    x = torch.randn(1, 3, 45, 61)
+    with torch.inference_mode():
+        _assert_close(prepared(x), model(x))
