@@ -1,0 +1,452 @@
+"""The segmentation engine: a camera frame in, label map, colour mask and overlay out.
+
+Imports no rclpy: the node adapts ROS messages to it, the bag evaluation and the benchmarks
+call it directly.  One pipeline serves every device::
+
+    uint8 HWC frame -> RGB float -> resize to the model size -> normalise (card mean/std)
+    -> DFANet -> argmax -> label / colour mask resized back (nearest) -> alpha-blended overlay
+
+Everything one input size and encoding needs is allocated once, in a ``_Plan``: input and
+output buffers (pinned host memory on CUDA), index tensors for the nearest upsampling and the
+per-class pixel weights.  A frame of another size or encoding makes a new plan (logged); the
+last few plans are kept so cameras of different sizes do not re-plan on every frame.
+
+On CUDA the whole pipeline, upload and download included, is captured in a CUDA graph per
+plan and output set after a warm-up, so a frame costs one host copy, one graph replay and one
+synchronisation.  The CUDA-only code is ``_capture`` and the pinned/upload/download branches;
+everything else runs, and is tested, on the CPU.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dfanet_model.checkpoint import ModelCard, load_model
+
+log = logging.getLogger("dfanet.engine")
+
+ALL_OUTPUTS: frozenset[str] = frozenset({"label", "color", "overlay"})
+
+# Bytes per pixel of each supported encoding (the C of the (H, W, C) array run() takes).
+ENCODING_CHANNELS: dict[str, int] = {
+    "rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1,
+    # 4:2:2 YUV, two bytes per pixel: "yuv422" and "uyvy" are U Y0 V Y1, "yuv422_yuy2" and
+    # "yuyv" are Y0 U Y1 V (names from sensor_msgs/image_encodings).
+    "yuv422": 2, "uyvy": 2, "yuv422_yuy2": 2, "yuyv": 2,
+}
+# Source channel of R, G, B for the byte-per-channel encodings.
+_RGB_ORDER: dict[str, tuple[int, int, int]] = {
+    "rgb8": (0, 1, 2), "rgba8": (0, 1, 2), "bgr8": (2, 1, 0), "bgra8": (2, 1, 0),
+    "mono8": (0, 0, 0),
+}
+# (luma byte, chroma byte) within each 2-byte pixel of the YUV encodings.
+_YUV_LAYOUT: dict[str, tuple[int, int]] = {
+    "yuv422": (1, 0), "uyvy": (1, 0), "yuv422_yuy2": (0, 1), "yuyv": (0, 1),
+}
+MAX_PLANS = 4
+
+
+class DeviceError(ValueError):
+    """A device string that cannot be used on this machine; the message says why."""
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto | cpu | cuda | cuda:N`` as a torch device, refusing what this machine lacks."""
+    name = device.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        try:
+            dev = torch.device(name)
+        except RuntimeError:
+            raise DeviceError(f"device {device!r} is not a valid CUDA device "
+                              "(use cuda or cuda:N)") from None
+        if not torch.cuda.is_available():
+            why = ("this PyTorch build has no CUDA support" if torch.version.cuda is None
+                   else "no CUDA GPU is visible")
+            raise DeviceError(f"device {device!r} requested but CUDA is not available ({why}); "
+                              "use device 'cpu' or 'auto'")
+        index = 0 if dev.index is None else dev.index
+        if index >= torch.cuda.device_count():
+            raise DeviceError(f"device {device!r} requested but only "
+                              f"{torch.cuda.device_count()} CUDA device(s) exist")
+        return torch.device("cuda", index)
+    raise DeviceError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N")
+
+
+@dataclass
+class EngineResult:
+    """Outputs of one frame at the input's size; the arrays are valid until the next run."""
+
+    label: np.ndarray | None    # (H, W) uint8 class ids
+    color: np.ndarray | None    # (H, W, 3) uint8 RGB colour mask
+    overlay: np.ndarray | None  # (H, W, 3) uint8 RGB, image blended with the colour mask
+    class_fractions: np.ndarray  # (num_classes,) float32 fraction of pixels per class
+    timings_ms: dict[str, float]
+    model_size: tuple[int, int] = (0, 0)  # the (height, width) the network ran at
+    replanned: bool = False               # this frame made a new plan (new size or encoding)
+
+
+@dataclass
+class _Plan:
+    """Buffers (and CUDA graphs) for one input height, width and encoding."""
+
+    height: int
+    width: int
+    encoding: str
+    model_hw: tuple[int, int]
+    host_in: torch.Tensor          # (H, W, C) uint8; pinned on CUDA, the device input on CPU
+    dev_in: torch.Tensor
+    rgb: torch.Tensor              # (1, 3, H, W) float32: the frame as RGB, 0..255
+    norm: torch.Tensor | None      # (1, 3, H, W) normalised input when no resize is needed
+    rows: torch.Tensor | None      # nearest-upsampling source rows (H,), None: same size
+    cols: torch.Tensor | None
+    pixel_weight: torch.Tensor     # (h*w,) input pixels each model pixel stands for
+    dev_label: torch.Tensor        # (H, W) uint8
+    dev_color: torch.Tensor        # (H, W, 3) uint8
+    dev_overlay: torch.Tensor      # (H, W, 3) uint8
+    dev_counts: torch.Tensor       # (num_classes,) float32 pixel counts
+    tmp_label: torch.Tensor | None  # (H, w) row-gathered intermediates
+    tmp_color: torch.Tensor | None
+    blend: torch.Tensor            # (H, W, 3) float32 overlay workspace
+    yuv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # luma, u, v workspaces
+    alpha: torch.Tensor            # 0-dim float32 overlay weight (a graph input)
+    host_label: torch.Tensor
+    host_color: torch.Tensor
+    host_overlay: torch.Tensor
+    host_counts: torch.Tensor
+    graphs: dict[frozenset[str], object] = field(default_factory=dict)
+    graph_pool: object | None = None
+    graph_failed: bool = False
+
+    @property
+    def key(self) -> tuple[int, int, str]:
+        return (self.height, self.width, self.encoding)
+
+
+class SegmentationEngine:
+    """DFANet inference with preallocated buffers; see the module docstring."""
+
+    def __init__(self, checkpoint: str | os.PathLike, device: str = "auto", fp16: bool = False,
+                 model_size: tuple[int, int] | None = None,
+                 use_cuda_graph: bool = True, backend: str = "auto") -> None:
+        """Load ``checkpoint`` onto ``device``.
+
+        ``model_size``: the (height, width) the network runs at; None: the checkpoint card's
+        training ``input_size``; (0, 0): each input's own size.  ``backend``: how the network
+        runs (``dfanet_model.fast.BACKENDS``; auto: the fastest measured for the device).
+        Raises ``CheckpointError`` for an unusable checkpoint and ``DeviceError`` for a device
+        this machine lacks.
+        """
+        self.device = resolve_device(device)
+        if fp16 and self.device.type != "cuda":
+            log.warning("fp16 needs CUDA; running in fp32 on %s", self.device)
+            fp16 = False
+        self.fp16 = fp16
+        if model_size is not None:
+            model_size = (int(model_size[0]), int(model_size[1]))
+            if model_size != (0, 0) and min(model_size) < 1:
+                raise ValueError(f"model_size must be (height, width) >= 1, or (0, 0) for the "
+                                 f"input's own size; got {model_size}")
+        model, self.card = load_model(checkpoint, device="cpu")
+        if self.card.num_classes > 255:
+            raise ValueError(f"{self.card.num_classes} classes do not fit a mono8 label image")
+        self.checkpoint = str(checkpoint)
+        self.model_size: tuple[int, int] = (
+            tuple(self.card.input_size) if model_size is None else model_size)  # type: ignore
+        self.use_cuda_graph = use_cuda_graph and self.device.type == "cuda"
+        self.model = _prepare_model(model, self.device, fp16, backend)
+        self.backend = getattr(self.model, "backend", backend)
+        std = torch.tensor(self.card.std, dtype=torch.float32)
+        mean = torch.tensor(self.card.mean, dtype=torch.float32)
+        # (x / 255 - mean) / std as one multiply-add.
+        self._scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1).to(self.device)
+        self._shift = (-mean / std).view(1, 3, 1, 1).to(self.device)
+        self._palette = torch.tensor(self.card.class_colors, dtype=torch.uint8,
+                                     device=self.device)
+        self._plans: OrderedDict[tuple[int, int, str], _Plan] = OrderedDict()
+        log.info("engine: DFANet %s, %d classes, device %s%s, %s backend, model size %s",
+                 self.card.variant, self.card.num_classes, self.device,
+                 " fp16" if fp16 else "", self.backend, self.model_size
+                 if self.model_size != (0, 0) else "input size")
+
+    # ------------------------------------------------------------------------------------
+    # Public API
+
+    @property
+    def num_classes(self) -> int:
+        return self.card.num_classes
+
+    def run(self, image: np.ndarray, encoding: str = "rgb8",
+            outputs: frozenset[str] = ALL_OUTPUTS, alpha: float = 0.5) -> EngineResult:
+        """Segment one (H, W, C) uint8 frame (a strided view is fine)."""
+        start = time.perf_counter()
+        image = _as_hwc(image, encoding)
+        outputs = frozenset(outputs)
+        unknown = outputs - ALL_OUTPUTS
+        if unknown:
+            raise ValueError(f"unknown outputs {sorted(unknown)}; valid: {sorted(ALL_OUTPUTS)}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        height, width = image.shape[:2]
+        plan, replanned = self._plan_for(height, width, encoding)
+        np.copyto(plan.host_in.numpy(), image)
+        plan.alpha.fill_(alpha)
+        copied = time.perf_counter()
+        self._execute(plan, outputs)
+        done = time.perf_counter()
+        fractions = plan.host_counts.numpy() / float(height * width)
+        return EngineResult(
+            label=plan.host_label.numpy() if "label" in outputs else None,
+            color=plan.host_color.numpy() if "color" in outputs else None,
+            overlay=plan.host_overlay.numpy() if "overlay" in outputs else None,
+            class_fractions=fractions.astype(np.float32),
+            timings_ms={"copy_in": (copied - start) * 1e3, "compute": (done - copied) * 1e3,
+                        "total": (done - start) * 1e3},
+            model_size=plan.model_hw, replanned=replanned)
+
+    def warm_up(self, height: int, width: int, encoding: str = "rgb8",
+                outputs: frozenset[str] = ALL_OUTPUTS) -> None:
+        """Plan (and on CUDA capture) for a frame size ahead of the first real frame."""
+        channels = ENCODING_CHANNELS.get(encoding, 3)
+        self.run(np.zeros((height, width, channels), np.uint8), encoding, outputs)
+
+    def release(self) -> None:
+        """Free every plan's buffers and graphs (the model stays loaded)."""
+        self._plans.clear()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------------------------
+    # Plans
+
+    def _plan_for(self, height: int, width: int, encoding: str) -> tuple[_Plan, bool]:
+        key = (height, width, encoding)
+        plan = self._plans.get(key)
+        if plan is not None:
+            self._plans.move_to_end(key)
+            return plan, False
+        if len(self._plans) >= MAX_PLANS:
+            evicted, _ = self._plans.popitem(last=False)
+            log.info("engine: dropping the plan for %dx%d %s", *evicted)
+        plan = self._make_plan(height, width, encoding)
+        self._plans[key] = plan
+        log.info("engine: new plan for %dx%d %s input, network at %dx%d on %s",
+                 height, width, encoding, *plan.model_hw, self.device)
+        return plan, True
+
+    def _make_plan(self, height: int, width: int, encoding: str) -> _Plan:
+        dev, cuda = self.device, self.device.type == "cuda"
+        model_hw = (height, width) if self.model_size == (0, 0) else self.model_size
+        mh, mw = model_hw
+        channels = ENCODING_CHANNELS[encoding]
+        u8 = dict(dtype=torch.uint8, device=dev)
+        f32 = dict(dtype=torch.float32, device=dev)
+
+        def host(*shape: int, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+            return torch.empty(shape, dtype=dtype, pin_memory=cuda)
+
+        host_in = host(height, width, channels)
+        same = model_hw == (height, width)
+        rows = None if same else _nearest_index(height, mh, dev)
+        cols = None if same else _nearest_index(width, mw, dev)
+        if same:
+            pixel_weight = torch.ones(mh * mw, **f32)
+        else:
+            # How many input pixels take their class from each model pixel (nearest upsampling).
+            row_w = torch.bincount(rows, minlength=mh).float()
+            col_w = torch.bincount(cols, minlength=mw).float()
+            pixel_weight = (row_w[:, None] * col_w[None, :]).reshape(-1).contiguous()
+        yuv = None
+        if encoding in _YUV_LAYOUT:
+            yuv = (torch.empty(height, width, **f32), torch.empty(height, width // 2, **f32),
+                   torch.empty(height, width // 2, **f32))
+        dev_label = torch.empty(height, width, **u8)
+        dev_color = torch.empty(height, width, 3, **u8)
+        dev_overlay = torch.empty(height, width, 3, **u8)
+        dev_counts = torch.zeros(self.card.num_classes, **f32)
+        return _Plan(
+            height=height, width=width, encoding=encoding, model_hw=model_hw,
+            host_in=host_in, dev_in=torch.empty_like(host_in, device=dev) if cuda else host_in,
+            rgb=torch.empty(1, 3, height, width, **f32),
+            norm=torch.empty(1, 3, height, width, **f32) if same else None,
+            rows=rows, cols=cols, pixel_weight=pixel_weight,
+            dev_label=dev_label, dev_color=dev_color, dev_overlay=dev_overlay,
+            dev_counts=dev_counts,
+            tmp_label=None if same else torch.empty(height, mw, **u8),
+            tmp_color=None if same else torch.empty(height, mw, 3, **u8),
+            blend=torch.empty(height, width, 3, **f32), yuv=yuv,
+            alpha=torch.zeros((), **f32),
+            host_label=host(height, width) if cuda else dev_label,
+            host_color=host(height, width, 3) if cuda else dev_color,
+            host_overlay=host(height, width, 3) if cuda else dev_overlay,
+            host_counts=host(self.card.num_classes, dtype=torch.float32) if cuda else dev_counts,
+        )
+
+    # ------------------------------------------------------------------------------------
+    # The pipeline
+
+    def _execute(self, plan: _Plan, outputs: frozenset[str]) -> None:
+        if self.device.type != "cuda":
+            with torch.no_grad():
+                self._pipeline(plan, outputs)
+            return
+        graph = plan.graphs.get(outputs)
+        if graph is None and self.use_cuda_graph and not plan.graph_failed:
+            graph = self._capture(plan, outputs)
+        if graph is not None:
+            graph.replay()  # type: ignore[attr-defined]
+        else:
+            with torch.no_grad():
+                self._pipeline(plan, outputs)
+        torch.cuda.current_stream(self.device).synchronize()
+
+    def _pipeline(self, plan: _Plan, outputs: frozenset[str]) -> None:
+        """Every step from the host input buffer to the host output buffers."""
+        upload = plan.dev_in is not plan.host_in
+        if upload:
+            plan.dev_in.copy_(plan.host_in, non_blocking=True)
+        _to_rgb(plan.dev_in, plan.encoding, plan.rgb[0], plan.yuv)
+        if plan.norm is None:
+            x = F.interpolate(plan.rgb, size=plan.model_hw, mode="bilinear", align_corners=False)
+            x.mul_(self._scale).add_(self._shift)
+        else:
+            x = torch.mul(plan.rgb, self._scale, out=plan.norm).add_(self._shift)
+        logits = self.model(x)
+        small = logits.argmax(dim=1)[0]  # (h, w) int64
+        flat = small.view(-1)
+        plan.dev_counts.zero_().index_add_(0, flat, plan.pixel_weight)
+        if "label" in outputs:
+            _upsample(small.to(torch.uint8), plan, plan.dev_label, plan.tmp_label)
+        if "color" in outputs or "overlay" in outputs:
+            colors = self._palette.index_select(0, flat).view(*plan.model_hw, 3)
+            _upsample(colors, plan, plan.dev_color, plan.tmp_color)
+        if "overlay" in outputs:
+            plan.blend.copy_(plan.dev_color)
+            torch.lerp(plan.rgb[0].permute(1, 2, 0), plan.blend, plan.alpha, out=plan.blend)
+            plan.dev_overlay.copy_(plan.blend.round_())
+        if upload:
+            plan.host_counts.copy_(plan.dev_counts, non_blocking=True)
+            for name in outputs:
+                dst, src = {"label": (plan.host_label, plan.dev_label),
+                            "color": (plan.host_color, plan.dev_color),
+                            "overlay": (plan.host_overlay, plan.dev_overlay)}[name]
+                dst.copy_(src, non_blocking=True)
+
+    def _capture(self, plan: _Plan, outputs: frozenset[str]) -> object | None:
+        """CUDA only: warm up on a side stream, then capture the pipeline in a CUDA graph."""
+        try:
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.no_grad(), torch.cuda.stream(stream):
+                for _ in range(3):  # cuDNN autotuning and lazy allocations happen here
+                    self._pipeline(plan, outputs)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.no_grad(), torch.cuda.graph(graph, pool=plan.graph_pool):
+                self._pipeline(plan, outputs)
+            plan.graph_pool = graph.pool()
+        except RuntimeError as e:  # an op that cannot be captured: run eagerly instead
+            plan.graph_failed = True
+            torch.cuda.synchronize(self.device)
+            log.warning("engine: CUDA graph capture failed for %dx%d %s (%s); running eagerly",
+                        plan.height, plan.width, plan.encoding, e)
+            return None
+        plan.graphs[outputs] = graph
+        log.info("engine: captured a CUDA graph for %dx%d %s, outputs %s", plan.height,
+                 plan.width, plan.encoding, ", ".join(sorted(outputs)) or "none")
+        return graph
+
+
+def _prepare_model(model: nn.Module, device: torch.device, fp16: bool, backend: str
+                   ) -> nn.Module:
+    """The inference copy of ``model`` (dfanet_model.fast): batch norm folded, fp16 on request,
+    run by ``backend``.  Traced backends (jit, onnxruntime) build once per network input
+    shape, so the first frame of a new model size takes seconds on a small CPU."""
+    from dfanet_model.fast import BACKENDS, prepare_for_inference
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    # channels-last pays on the GPU's tensor cores; on the CPU the plain layout measured faster.
+    return prepare_for_inference(model, device, half=fp16, backend=backend,
+                                 channels_last=device.type == "cuda").eval()
+
+
+def _as_hwc(image: np.ndarray, encoding: str) -> np.ndarray:
+    """``image`` as an (H, W, C) uint8 array for ``encoding``, or ValueError naming the fault."""
+    channels = ENCODING_CHANNELS.get(encoding)
+    if channels is None:
+        raise ValueError(f"unsupported encoding {encoding!r}; valid: "
+                         f"{', '.join(ENCODING_CHANNELS)}")
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        raise ValueError(f"image must be a uint8 numpy array, got "
+                         f"{getattr(image, 'dtype', type(image).__name__)}")
+    if image.ndim == 2 and channels == 1:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] != channels:
+        raise ValueError(f"encoding {encoding} needs an (H, W, {channels}) array, got shape "
+                         f"{image.shape}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"empty image of shape {image.shape}")
+    if encoding in _YUV_LAYOUT and image.shape[1] % 2:
+        raise ValueError(f"encoding {encoding} needs an even width, got {image.shape[1]}")
+    return image
+
+
+def _nearest_index(size_out: int, size_in: int, device: torch.device) -> torch.Tensor:
+    """Source index of each output position under ``F.interpolate(mode="nearest")``."""
+    src = torch.arange(size_in, dtype=torch.float32).view(1, 1, size_in)
+    idx = F.interpolate(src, size=size_out, mode="nearest").view(-1).long()
+    return idx.to(device)
+
+
+def _upsample(src: torch.Tensor, plan: _Plan, out: torch.Tensor, tmp: torch.Tensor | None
+              ) -> None:
+    """Nearest resize of an (h, w[, C]) model-size map into ``out`` at the input size."""
+    if plan.rows is None:
+        out.copy_(src)
+        return
+    torch.index_select(src, 0, plan.rows, out=tmp)
+    torch.index_select(tmp, 1, plan.cols, out=out)
+
+
+def _to_rgb(src: torch.Tensor, encoding: str, out: torch.Tensor,
+            yuv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> None:
+    """Write the (H, W, C) uint8 frame into ``out`` (3, H, W) float32 as RGB 0..255."""
+    order = _RGB_ORDER.get(encoding)
+    if order is not None:
+        for dst, channel in zip(out, order, strict=True):
+            dst.copy_(src[..., channel])
+        return
+    # 4:2:2 YUV to RGB with the ITU-R BT.601 limited-range matrix (as OpenCV's
+    # COLOR_YUV2RGB_UYVY / _YUYV): each chroma pair serves two neighbouring pixels.
+    assert yuv is not None
+    luma_byte, chroma_byte = _YUV_LAYOUT[encoding]
+    height, width = src.shape[:2]
+    luma, u, v = yuv
+    luma.copy_(src[..., luma_byte]).sub_(16.0).mul_(1.164)
+    chroma = src[..., chroma_byte]
+    u.copy_(chroma[:, 0::2]).sub_(128.0)
+    v.copy_(chroma[:, 1::2]).sub_(128.0)
+    pairs = luma.view(height, width // 2, 2)
+    u2, v2 = u.unsqueeze(-1), v.unsqueeze(-1)
+    r, g, b = (c.view(height, width // 2, 2) for c in out)
+    torch.add(pairs, v2, alpha=1.596, out=r)
+    torch.add(pairs, u2, alpha=-0.391, out=g).add_(v2, alpha=-0.813)
+    torch.add(pairs, u2, alpha=2.018, out=b)
+    out.round_().clamp_(0.0, 255.0)
+
+
+__all__ = ["ALL_OUTPUTS", "ENCODING_CHANNELS", "DeviceError", "EngineResult", "ModelCard",
+           "SegmentationEngine", "resolve_device"]

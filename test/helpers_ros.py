@@ -1,0 +1,302 @@
+"""Shared test utilities for the node: checkpoints, the node as a process, a DDS client."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dfanet_model.checkpoint import ModelCard, save_model
+from dfanet_model.classes import CAMVID
+from dfanet_model.network import build_dfanet
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL_INPUT = (120, 160)  # network size of the test checkpoints: fast on two CPU cores
+
+
+def camvid_card(variant: str = "B", input_size: tuple[int, int] = SMALL_INPUT) -> ModelCard:
+    return ModelCard(variant=variant, num_classes=CAMVID.num_classes,
+                     class_names=list(CAMVID.names),
+                     class_colors=[list(c) for c in CAMVID.colors],
+                     ignore_index=CAMVID.ignore_index, input_size=list(input_size),
+                     dataset="camvid")
+
+
+def make_checkpoint(path: Path, variant: str = "B", input_size: tuple[int, int] = SMALL_INPUT,
+                    seed: int = 0) -> Path:
+    """Random DFANet weights with the CamVid class table and batch-norm statistics measured
+    on smooth noise, so that activations keep their scale and predictions vary over an image
+    (with the initial statistics a random network predicts nearly one class everywhere)."""
+    torch.manual_seed(seed)
+    model = build_dfanet(variant, CAMVID.num_classes)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # a plain average over the calibration batch
+            module.reset_running_stats()
+    model.train()
+    with torch.no_grad():
+        noise = torch.rand(4, 3, 12, 16) * 4 - 2
+        model(torch.nn.functional.interpolate(noise, size=(96, 128), mode="bilinear"))
+    save_model(path, model.eval(), camvid_card(variant, input_size))
+    return path
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run torch on ``n`` threads (on a loaded 2-core machine one thread is several times
+    faster: OpenMP workers wait for each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def domain_id(name: str) -> int:
+    """A ROS_DOMAIN_ID for one test module (170..229: apart from the other suites' ranges)."""
+    return 170 + zlib.crc32(name.encode()) % 60
+
+
+def node_command(params: dict[str, Any], remaps: Iterable[tuple[str, str]] = (),
+                 params_file: Path | None = None) -> list[str]:
+    """``python -m dfanet_ros.segmentation_node --ros-args ...`` for these parameters."""
+    cmd = [sys.executable, "-m", "dfanet_ros.segmentation_node", "--ros-args"]
+    if params_file is not None:
+        cmd += ["--params-file", str(params_file)]
+    for name, value in params.items():
+        cmd += ["-p", f"{name}:={_param_text(value)}"]
+    for src, dst in remaps:
+        cmd += ["-r", f"{src}:={dst}"]
+    return cmd
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_param_text(v) for v in value) + "]"
+    return str(value)
+
+
+def ros_env(domain: int, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+class NodeProcess:
+    """A process started with its output in a temporary log file; ``stop`` always ends it."""
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self._log = tempfile.NamedTemporaryFile(prefix="dfanet-node-", suffix=".log",
+                                                delete=False)
+        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=env, cwd=REPO)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def output(self) -> str:
+        self._log.flush()
+        return Path(self._log.name).read_text(errors="replace")
+
+    def stop(self) -> int | None:
+        """SIGINT (clean shutdown), then SIGKILL; returns the exit status."""
+        for sig, wait in ((signal.SIGINT, 10.0), (signal.SIGKILL, 5.0)):
+            if self.proc.poll() is not None:
+                break
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+        self._log.close()
+        os.unlink(self._log.name)
+        return self.proc.returncode
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
+             node: NodeProcess | None = None) -> Any:
+    """Poll ``predicate`` until truthy; on timeout fail naming ``what`` (and the node's log)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if node is not None and not node.alive():
+            raise AssertionError(f"node exited while waiting for {what}:\n{node.output()}")
+        time.sleep(0.02)
+    log = f"\nnode log:\n{node.output()[-3000:]}" if node is not None else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}{log}")
+
+
+class RosClient:
+    """This test process's side of DDS: its own context and node, spun in a thread."""
+
+    def __init__(self, domain: int, name: str = "dfanet_test_client") -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            self.executor.spin()
+        except ExternalShutdownException:
+            pass
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self._thread.join(timeout=5.0)
+
+    # -- topics -----------------------------------------------------------------------------
+
+    def collect(self, msg_type: Any, topic: str, qos: Any = None) -> "Collector":
+        return Collector(self, msg_type, topic, qos)
+
+    def publisher(self, msg_type: Any, topic: str, reliable: bool = True, depth: int = 10) -> Any:
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+        qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE if reliable
+                         else ReliabilityPolicy.BEST_EFFORT)
+        return self.node.create_publisher(msg_type, topic, qos)
+
+    def wait_matched(self, publisher: Any, timeout: float = 20.0,
+                     node: NodeProcess | None = None) -> None:
+        wait_for(lambda: publisher.get_subscription_count() > 0, timeout,
+                 f"a subscriber on {publisher.topic_name}", node)
+
+    # -- parameters -------------------------------------------------------------------------
+
+    def _call(self, srv_type: Any, name: str, request: Any, timeout: float = 10.0) -> Any:
+        client = self.node.create_client(srv_type, name)
+        try:
+            if not client.wait_for_service(timeout_sec=timeout):
+                raise AssertionError(f"service {name} not available")
+            future = client.call_async(request)
+            wait_for(future.done, timeout, f"a reply from {name}")
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def set_parameters(self, node_name: str, values: dict[str, Any]) -> list[Any]:
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        request = SetParameters.Request(
+            parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+        return list(self._call(SetParameters, f"/{node_name}/set_parameters", request).results)
+
+    def list_parameters(self, node_name: str) -> list[str]:
+        from rcl_interfaces.srv import ListParameters
+
+        reply = self._call(ListParameters, f"/{node_name}/list_parameters",
+                           ListParameters.Request())
+        return list(reply.result.names)
+
+    def get_parameters(self, node_name: str, names: list[str]) -> dict[str, Any]:
+        from rcl_interfaces.srv import GetParameters
+        from rclpy.parameter import parameter_value_to_python
+
+        reply = self._call(GetParameters, f"/{node_name}/get_parameters",
+                           GetParameters.Request(names=names))
+        return {n: (v.type, parameter_value_to_python(v))
+                for n, v in zip(names, reply.values, strict=True)}
+
+    def describe_parameters(self, node_name: str, names: list[str]) -> dict[str, Any]:
+        from rcl_interfaces.srv import DescribeParameters
+
+        reply = self._call(DescribeParameters, f"/{node_name}/describe_parameters",
+                           DescribeParameters.Request(names=names))
+        return {d.name: d for d in reply.descriptors}
+
+
+class Collector:
+    """Every message received on a topic, keyed by header stamp (and all of them in order)."""
+
+    def __init__(self, client: RosClient, msg_type: Any, topic: str, qos: Any = None) -> None:
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+        self.client = client
+        self.messages: list[Any] = []
+        self.by_stamp: dict[tuple[int, int], list[Any]] = defaultdict(list)
+        self._lock = threading.Lock()
+        qos = qos or QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
+        self.subscription = client.node.create_subscription(msg_type, topic, self._on_msg, qos)
+
+    def _on_msg(self, msg: Any) -> None:
+        with self._lock:
+            self.messages.append(msg)
+            header = getattr(msg, "header", None)
+            if header is not None:
+                self.by_stamp[(header.stamp.sec, header.stamp.nanosec)].append(msg)
+
+    def get(self, stamp: tuple[int, int], timeout: float = 30.0,
+            node: NodeProcess | None = None) -> Any:
+        return wait_for(lambda: self.by_stamp.get(stamp, [None])[0], timeout,
+                        f"{self.subscription.topic_name} with stamp {stamp}", node)
+
+    def close(self) -> None:
+        self.client.node.destroy_subscription(self.subscription)
+
+
+def image_message(pixels: np.ndarray, encoding: str, stamp: tuple[int, int],
+                  frame_id: str = "camera", pad: int = 0) -> Any:
+    """A sensor_msgs/Image of ``pixels`` ((H, W[, C]) uint8), rows padded by ``pad`` bytes."""
+    import array
+
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+
+    height, width = pixels.shape[:2]
+    rows = pixels.reshape(height, -1)
+    if pad:
+        rows = np.concatenate([rows, np.full((height, pad), 7, np.uint8)], axis=1)
+    data = array.array("B")
+    data.frombytes(np.ascontiguousarray(rows))
+    msg = Image(height=height, width=width, encoding=encoding, step=rows.shape[1], data=data)
+    msg.header = Header(frame_id=frame_id)
+    msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
+    return msg
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image as PILImage
+
+    with PILImage.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def diagnostics_values(msg: Any, topic: str) -> dict[str, str] | None:
+    """The key/values of the node's status for ``topic`` in a DiagnosticArray, if present."""
+    for status in msg.status:
+        values = {kv.key: kv.value for kv in status.values}
+        if values.get("topic") == topic:
+            return values
+    return None

@@ -1,0 +1,234 @@
+"""SegmentationEngine on the CPU: agreement with plain eager inference, every encoding, the
+overlay arithmetic, plans, and refusals.  The CUDA checks run where a GPU is present."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers_ros import SMALL_INPUT, make_checkpoint, read_rgb, torch_threads
+
+from dfanet_model.checkpoint import CheckpointError, load_model
+from dfanet_model.classes import CAMVID
+from dfanet_ros.engine import DeviceError, SegmentationEngine, resolve_device
+
+PALETTE = np.asarray(CAMVID.colors, np.uint8)
+YUV = ("yuv422", "uyvy", "yuv422_yuy2", "yuyv")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("engine") / "b.safetensors")
+
+
+@pytest.fixture(scope="module")
+def engine(checkpoint):
+    return SegmentationEngine(checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def frame(sample_camvid):
+    return read_rgb(sorted((sample_camvid / "test").glob("*.jpg"))[0])  # 360x480
+
+
+def eager_labels(checkpoint, rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The plain way: load_model, resize, normalise, forward, argmax, nearest resize back."""
+    model, card = load_model(checkpoint)
+    x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    x = (x / 255 - torch.tensor(card.mean).view(1, 3, 1, 1)) / torch.tensor(card.std).view(
+        1, 3, 1, 1)
+    with torch.no_grad():
+        labels = model(x).argmax(1, keepdim=True).to(torch.uint8)
+    return F.interpolate(labels, size=rgb.shape[:2], mode="nearest")[0, 0].numpy()
+
+
+def blend(rgb: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:
+    return np.round(rgb + alpha * (color.astype(np.float64) - rgb)).astype(np.uint8)
+
+
+def yuv422(rgb: np.ndarray, layout: str) -> np.ndarray:
+    """RGB to 4:2:2 YUV (BT.601 limited range), chroma averaged over pixel pairs."""
+    f = rgb.astype(np.float64)
+    y = 16 + 0.257 * f[..., 0] + 0.504 * f[..., 1] + 0.098 * f[..., 2]
+    u = 128 - 0.148 * f[..., 0] - 0.291 * f[..., 1] + 0.439 * f[..., 2]
+    v = 128 + 0.439 * f[..., 0] - 0.368 * f[..., 1] - 0.071 * f[..., 2]
+    u2 = (u[:, 0::2] + u[:, 1::2]) / 2
+    v2 = (v[:, 0::2] + v[:, 1::2]) / 2
+    chroma = np.stack([u2, v2], axis=-1).reshape(y.shape)
+    q = lambda a: np.clip(np.round(a), 0, 255).astype(np.uint8)  # noqa: E731
+    pair = (q(chroma), q(y)) if layout == "uyvy" else (q(y), q(chroma))
+    return np.stack(pair, axis=-1)
+
+
+def yuv422_to_rgb(yuv: np.ndarray, layout: str) -> np.ndarray:
+    """The inverse (what the engine must produce), written independently in numpy."""
+    y = yuv[..., 1 if layout == "uyvy" else 0].astype(np.float64)
+    c = yuv[..., 0 if layout == "uyvy" else 1].astype(np.float64)
+    u = np.repeat(c[:, 0::2], 2, axis=1) - 128
+    v = np.repeat(c[:, 1::2], 2, axis=1) - 128
+    y = 1.164 * (y - 16)
+    rgb = np.stack([y + 1.596 * v, y - 0.391 * u - 0.813 * v, y + 2.018 * u], axis=-1)
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
+def test_labels_agree_with_plain_eager_inference(checkpoint, engine, frame):
+    result = engine.run(frame)
+    reference = eager_labels(checkpoint, frame, SMALL_INPUT)
+    assert result.label.shape == frame.shape[:2] and result.label.dtype == np.uint8
+    assert len(np.unique(reference)) >= 3, "test checkpoint predicts too few classes"
+    # The engine folds batch norm into the convolutions: argmax may flip on a near-tie.
+    assert (result.label == reference).mean() > 0.999
+    assert result.model_size == SMALL_INPUT
+
+
+def test_native_size_and_eager_backend_agree_with_eager(checkpoint, frame):
+    image = frame[::5, ::5]  # 72x96, a strided view
+    engine = SegmentationEngine(checkpoint, device="cpu", model_size=(0, 0), backend="eager")
+    result = engine.run(image)
+    assert result.model_size == image.shape[:2]
+    assert (result.label == eager_labels(checkpoint, image, image.shape[:2])).mean() > 0.999
+
+
+def test_color_overlay_and_fractions(engine, frame):
+    for alpha in (0.0, 0.3, 0.5, 1.0):
+        r = engine.run(frame, alpha=alpha)
+        assert np.array_equal(r.color, PALETTE[r.label])
+        diff = np.abs(r.overlay.astype(int) - blend(frame, r.color, alpha).astype(int))
+        assert diff.max() <= 1, f"alpha {alpha}"
+    counts = np.bincount(r.label.ravel(), minlength=CAMVID.num_classes)
+    assert r.class_fractions.dtype == np.float32
+    assert np.allclose(r.class_fractions, counts / r.label.size, atol=1e-6)
+    assert set(r.timings_ms) >= {"copy_in", "compute", "total"}
+
+
+@pytest.mark.parametrize("encoding", ["bgr8", "rgba8", "bgra8", "mono8", "yuv422", "uyvy",
+                                      "yuv422_yuy2", "yuyv"])
+def test_every_encoding(engine, frame, encoding):
+    image = frame[:90, :120]
+    if encoding == "mono8":
+        grey = image.mean(axis=2).round().astype(np.uint8)
+        rgb, data = np.repeat(grey[..., None], 3, axis=2), grey
+    elif encoding in YUV:
+        layout = "uyvy" if encoding in ("yuv422", "uyvy") else "yuyv"
+        data = yuv422(image, layout)
+        rgb = yuv422_to_rgb(data, layout)
+    else:
+        rgb = image
+        data = image[..., ::-1] if encoding.startswith("bgr") else image
+        if encoding.endswith("a8"):
+            data = np.concatenate([data, np.full((90, 120, 1), 99, np.uint8)], axis=2)
+    # Overlay with alpha 0 is the engine's RGB view of the frame: it must match the
+    # independent conversion (YUV within rounding), and segmenting it as rgb8 must give the
+    # same labels as the original encoding.
+    r = engine.run(data, encoding=encoding, alpha=0.0)
+    tolerance = 1 if encoding in YUV else 0
+    assert np.abs(r.overlay.astype(int) - rgb.astype(int)).max() <= tolerance
+    label, seen = r.label.copy(), r.overlay.copy()
+    assert np.array_equal(engine.run(seen, encoding="rgb8").label, label)
+
+
+def test_mono8_as_2d_array_and_padded_rows(engine, frame):
+    grey = frame[..., 1]
+    flat = engine.run(np.ascontiguousarray(grey), encoding="mono8").label.copy()
+    assert np.array_equal(engine.run(grey[:, :, None], encoding="mono8").label, flat)
+    # Rows of a message with step padding: a strided view of a wider buffer.
+    padded = np.zeros((360, 480 * 3 + 16), np.uint8)
+    padded[:, :480 * 3] = frame.reshape(360, -1)
+    view = padded[:, :480 * 3].reshape(360, 480, 3)
+    assert np.array_equal(engine.run(view).label, engine.run(frame.copy()).label)
+
+
+def test_output_subsets(engine, frame):
+    r = engine.run(frame, outputs=frozenset({"label"}))
+    assert r.label is not None and r.color is None and r.overlay is None
+    r = engine.run(frame, outputs=frozenset())
+    assert r.label is None and abs(float(r.class_fractions.sum()) - 1.0) < 1e-5
+    r = engine.run(frame, outputs=frozenset({"overlay"}))
+    assert r.overlay is not None and r.label is None
+
+
+def test_odd_sizes(engine, frame):
+    for h, w in ((1, 1), (37, 53), (5, 400)):
+        r = engine.run(np.ascontiguousarray(frame[:h, :w]))
+        assert r.label.shape == (h, w) and r.overlay.shape == (h, w, 3)
+        assert r.label.max() < CAMVID.num_classes
+
+
+def test_a_new_size_plans_once_and_logs(engine, frame, caplog):
+    engine.release()
+    small = np.ascontiguousarray(frame[:60, :80])
+    with caplog.at_level(logging.INFO, logger="dfanet.engine"):
+        replanned = [engine.run(img).replanned for img in (frame, frame, small, small, frame)]
+        plan_logs = [r for r in caplog.records if "new plan" in r.getMessage()]
+    assert replanned == [True, False, True, False, False]
+    assert len(plan_logs) == 2 and "60x80 rgb8" in plan_logs[1].getMessage()
+    engine.release()
+    assert engine.run(small).replanned  # buffers freed: the next frame plans again
+
+
+@pytest.mark.parametrize("image, encoding, message", [
+    (np.zeros((4, 4, 3), np.uint8), "rgb16", "unsupported encoding 'rgb16'"),
+    (np.zeros((4, 4, 4), np.uint8), "rgb8", "needs an (H, W, 3) array"),
+    (np.zeros((4, 5, 2), np.uint8), "yuv422", "even width"),
+    (np.zeros((0, 4, 3), np.uint8), "rgb8", "empty image"),
+    (np.zeros((4, 4, 3), np.float32), "rgb8", "uint8"),
+])
+def test_bad_input_is_refused(engine, image, encoding, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        engine.run(image, encoding=encoding)
+
+
+def test_bad_arguments(engine, checkpoint, tmp_path):
+    img = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match="alpha"):
+        engine.run(img, alpha=1.5)
+    with pytest.raises(ValueError, match="unknown outputs"):
+        engine.run(img, outputs=frozenset({"depth"}))
+    with pytest.raises(ValueError, match="model_size"):
+        SegmentationEngine(checkpoint, device="cpu", model_size=(0, 5))
+    with pytest.raises(CheckpointError, match="file not found"):
+        SegmentationEngine(tmp_path / "missing.safetensors", device="cpu")
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
+        SegmentationEngine(checkpoint, device="cpu", backend="tensorrt")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_a_clear_error(checkpoint):
+    with pytest.raises(DeviceError, match="'cuda' requested but CUDA is not available"):
+        SegmentationEngine(checkpoint, device="cuda")
+    with pytest.raises(DeviceError, match="'cuda:1' requested"):
+        resolve_device("cuda:1")
+
+
+def test_device_names(checkpoint, caplog):
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(DeviceError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    with caplog.at_level(logging.WARNING, logger="dfanet.engine"):
+        engine = SegmentationEngine(checkpoint, device="cpu", fp16=True)
+    assert not engine.fp16 and "fp16 needs CUDA" in caplog.text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_matches_cpu(checkpoint, frame, engine):
+    cpu = engine.run(frame)
+    cpu_label, cpu_fractions = cpu.label.copy(), cpu.class_fractions.copy()
+    gpu = SegmentationEngine(checkpoint, device="cuda", use_cuda_graph=True)
+    for _ in range(3):  # first run captures, later ones replay
+        r = gpu.run(frame)
+    assert (r.label == cpu_label).mean() > 0.999
+    assert np.allclose(r.class_fractions, cpu_fractions, atol=1e-3)
+    assert np.array_equal(r.color, PALETTE[r.label])
+    half = SegmentationEngine(checkpoint, device="cuda", fp16=True).run(frame)
+    assert (half.label == cpu_label).mean() > 0.98
+    gpu.release()
