@@ -1,0 +1,117 @@
+"""Per-camera bookkeeping of the segmentation node, free of ROS so it can be tested alone.
+
+``LatestSlot`` is the hand-over between the subscription callback and the camera's worker:
+it holds only the newest frame, so a slow network never builds a backlog, and it reports
+every frame it overwrites.  ``CameraStats`` counts what happened to each frame and keeps a
+window of latencies for the diagnostics.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from typing import Any
+
+import numpy as np
+
+
+class LatestSlot:
+    """A one-item mailbox where the newest item wins."""
+
+    def __init__(self) -> None:
+        self._item: Any = None
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, item: Any) -> bool:
+        """Store ``item``; True when it replaced one the worker had not taken yet."""
+        with self._cond:
+            replaced = self._item is not None
+            self._item = item
+            self._cond.notify()
+        return replaced
+
+    def take(self, timeout: float | None = None) -> Any:
+        """The newest item (removing it), or None after ``timeout`` seconds or once closed."""
+        with self._cond:
+            if self._item is None and not self._closed:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            return item
+
+    def close(self) -> None:
+        """Wake a waiting ``take`` for good (the worker is stopping)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class CameraStats:
+    """Thread-safe counters and a latency window for one camera topic."""
+
+    def __init__(self, window: int = 500) -> None:
+        self._lock = threading.Lock()
+        self.received = 0        # frames the subscription delivered
+        self.processed = 0       # frames segmented and published
+        self.dropped = 0         # overwritten by a newer frame before the worker took them
+        self.lost = 0            # lost by the middleware before delivery (message_lost events)
+        self.unwatched = 0       # skipped: nobody subscribed to any output
+        self.bad: Counter[str] = Counter()        # bad frames by fault
+        self.published: Counter[str] = Counter()  # messages sent per output
+        self._latency: deque[float] = deque(maxlen=window)
+        self._done_times: deque[float] = deque(maxlen=window)
+        self._last_bad_total = 0
+
+    def count(self, what: str, n: int = 1) -> None:
+        """Add ``n`` to the counter ``what`` (received, dropped, lost or unwatched)."""
+        with self._lock:
+            setattr(self, what, getattr(self, what) + n)
+
+    def count_bad(self, fault: str) -> int:
+        """Count one bad frame; returns how many frames had this fault so far."""
+        with self._lock:
+            self.bad[fault] += 1
+            return self.bad[fault]
+
+    def frame_done(self, latency_ms: float, published: list[str]) -> None:
+        with self._lock:
+            self.processed += 1
+            self.published.update(published)
+            self._latency.append(latency_ms)
+            self._done_times.append(time.monotonic())
+
+    @property
+    def frames_lost_total(self) -> int:
+        """Frames that never reached the network: dropped, lost and bad."""
+        with self._lock:
+            return self.dropped + self.lost + sum(self.bad.values())
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every counter plus rate (Hz over the latency window) and latency p50/p99 (ms)."""
+        with self._lock:
+            latency = np.asarray(self._latency, dtype=np.float64)
+            times = list(self._done_times)
+            bad_total = sum(self.bad.values())
+            new_bad = bad_total - self._last_bad_total
+            self._last_bad_total = bad_total
+            snap: dict[str, Any] = {
+                "frames_received": self.received, "frames_processed": self.processed,
+                "frames_dropped_newer": self.dropped, "frames_lost_dds": self.lost,
+                "frames_unwatched": self.unwatched, "frames_bad": bad_total,
+                "frames_bad_since_last_report": new_bad,
+            }
+            snap.update({f"bad_{fault}": n for fault, n in sorted(self.bad.items())})
+            snap.update({f"published_{out}": n for out, n in sorted(self.published.items())})
+        recent = [t for t in times if t >= time.monotonic() - 5.0]
+        snap["rate_hz"] = ((len(recent) - 1) / (recent[-1] - recent[0])
+                           if len(recent) > 1 and recent[-1] > recent[0] else 0.0)
+        if latency.size:
+            p50, p99 = np.percentile(latency, [50, 99])
+            snap["latency_p50_ms"], snap["latency_p99_ms"] = float(p50), float(p99)
+        else:
+            snap["latency_p50_ms"] = snap["latency_p99_ms"] = float("nan")
+        return snap

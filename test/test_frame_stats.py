@@ -1,0 +1,50 @@
+"""The node's per-camera bookkeeping: newest-frame hand-over and counters."""
+from __future__ import annotations
+
+import math
+import threading
+
+from dfanet_ros.frame_stats import CameraStats, LatestSlot
+
+
+def test_latest_slot_keeps_only_the_newest_and_reports_overwrites():
+    slot = LatestSlot()
+    assert slot.put(1) is False
+    assert slot.put(2) is True and slot.put(3) is True
+    assert slot.take(0) == 3
+    assert slot.take(0.01) is None
+
+
+def test_latest_slot_wakes_a_waiting_worker_and_closes():
+    slot = LatestSlot()
+    got = []
+    worker = threading.Thread(target=lambda: got.append(slot.take(5.0)))
+    worker.start()
+    slot.put("frame")
+    worker.join(2.0)
+    assert got == ["frame"]
+    waiting = threading.Thread(target=lambda: got.append(slot.take(30.0)))
+    waiting.start()
+    slot.close()
+    waiting.join(2.0)
+    assert not waiting.is_alive() and got[-1] is None and slot.closed
+
+
+def test_camera_stats_snapshot():
+    stats = CameraStats()
+    snap = stats.snapshot()
+    assert snap["frames_processed"] == 0 and math.isnan(snap["latency_p50_ms"])
+    stats.count("received", 5)
+    stats.count("dropped")
+    assert stats.count_bad("short_data") == 1
+    assert stats.count_bad("short_data") == 2
+    for ms in range(1, 101):
+        stats.frame_done(float(ms), ["label", "info"])
+    snap = stats.snapshot()
+    assert snap["frames_received"] == 5 and snap["frames_dropped_newer"] == 1
+    assert snap["frames_bad"] == 2 and snap["bad_short_data"] == 2
+    assert snap["frames_bad_since_last_report"] == 2
+    assert snap["published_label"] == 100 and "published_overlay" not in snap
+    assert abs(snap["latency_p50_ms"] - 50.5) < 1e-9 and snap["latency_p99_ms"] > 98
+    assert stats.frames_lost_total == 3
+    assert stats.snapshot()["frames_bad_since_last_report"] == 0
