@@ -20,7 +20,7 @@ import copy
 import importlib.util
 import io
 import warnings
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -156,11 +156,12 @@ def _ort_build(model: nn.Module, x: torch.Tensor) -> Callable:
 
 def prepare_for_inference(model: nn.Module, device: torch.device | str = "cpu",
                           half: bool = False, channels_last: bool = True,
-                          backend: str = "auto") -> nn.Module:
+                          backend: str = "auto", compile_mode: str | None = None) -> nn.Module:
     """An eval-mode inference copy of ``model`` (BN folded) on ``device``; ``model`` untouched.
 
     ``half`` runs in fp16 (CUDA only).  ``backend`` is one of ``BACKENDS``; ``auto`` takes the
-    one measured fastest for the device type.
+    one measured fastest for the device type.  ``compile_mode`` is passed to ``torch.compile``
+    (backend "compile" only; None is its default mode).
     """
     device = torch.device(device)
     if backend not in BACKENDS:
@@ -185,6 +186,69 @@ def prepare_for_inference(model: nn.Module, device: torch.device | str = "cpu",
     elif backend == "onnxruntime":
         inner = _PerShape(folded, _ort_build, "onnxruntime")
     else:  # compile
-        inner = torch.compile(folded, dynamic=False)
+        inner = torch.compile(folded, mode=compile_mode, dynamic=False)
     return _Prepared(inner, dtype, channels_last, backend,
                      getattr(model, "num_classes", None)).eval()
+
+
+class ImageToLabels(nn.Module):
+    """uint8 images (N, H, W, 3) RGB -> uint8 label maps (N, H, W): normalise, model, argmax.
+
+    The permute makes an NCHW view with channels-last strides, so no copy is needed before a
+    channels-last model; ``torch.compile`` fuses the normalisation and the argmax into few
+    kernels.  ``model`` is any module with the DFANet contract (e.g. a prepared one).
+    """
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float],
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+        mean_t = torch.tensor(mean, dtype=torch.float64).reshape(1, 3, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float64).reshape(1, 3, 1, 1)
+        # (x / 255 - mean) / std == x * scale + shift
+        self.register_buffer("scale", (1.0 / (255.0 * std_t)).float(), persistent=False)
+        self.register_buffer("shift", (-mean_t / std_t).float(), persistent=False)
+
+    def normalise(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) channels-last, normalised."""
+        if image.dim() != 4 or image.shape[-1] != 3 or image.dtype != torch.uint8:
+            raise ValueError(f"expected uint8 RGB images of shape (N, H, W, 3), got "
+                             f"{image.dtype} {tuple(image.shape)}")
+        return image.permute(0, 3, 1, 2).float() * self.scale + self.shift
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        logits = self.model(self.normalise(image).to(self.dtype))
+        return logits.argmax(dim=1).to(torch.uint8)
+
+
+def capture_cuda_graph(fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor,
+                       warmup: int = 3) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Record ``fn(example)`` into a CUDA graph; the returned callable copies its input into the
+    graph's static input, replays it and returns the static output (overwritten by the next
+    call: clone it to keep it).  Inputs must have ``example``'s shape, dtype and device.
+    """
+    if example.device.type != "cuda":
+        raise ValueError(f"CUDA graphs need a CUDA tensor, got one on {example.device}")
+    static_in = example.clone()
+    # Warm up on a side stream, as torch.cuda.graph's documentation asks: lazy initialisation
+    # (cuDNN algorithm search, compilation) must happen before capture.
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.no_grad(), torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn(static_in)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        static_out = fn(static_in)
+
+    def replay(x: torch.Tensor) -> torch.Tensor:
+        if x.shape != static_in.shape or x.dtype != static_in.dtype:
+            raise ValueError(f"this CUDA graph was captured for {tuple(static_in.shape)} "
+                             f"{static_in.dtype}, got {tuple(x.shape)} {x.dtype}")
+        static_in.copy_(x)
+        graph.replay()
+        return static_out
+
+    return replay

@@ -10,6 +10,8 @@ from torch import nn
 
 from dfanet_model.fast import (
     BACKENDS,
+    ImageToLabels,
+    capture_cuda_graph,
     fold_batch_norms,
     fold_conv_bn,
     prepare_for_inference,
@@ -144,3 +146,26 @@ def test_compile_backend_matches() -> None:
     x = torch.randn(1, 3, 45, 61)
     with torch.inference_mode():
         _assert_close(prepared(x), model(x))
+
+
+def test_image_to_labels_matches_normalise_then_argmax() -> None:
+    model = _trained_like("B")
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    image = torch.randint(0, 256, (2, 37, 53, 3), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(5))
+    x = (image.permute(0, 3, 1, 2).double() / 255 - torch.tensor(mean).reshape(1, 3, 1, 1)) \
+        / torch.tensor(std).reshape(1, 3, 1, 1)
+    pipeline = ImageToLabels(prepare_for_inference(model), mean, std)
+    with torch.inference_mode():
+        ref = model(x.float()).argmax(1)
+        labels = pipeline(image)
+    assert labels.dtype == torch.uint8 and labels.shape == (2, 37, 53)
+    assert (labels.long() == ref).float().mean().item() > MIN_ARGMAX_AGREEMENT
+    with pytest.raises(ValueError, match=r"uint8 RGB images of shape \(N, H, W, 3\), got "
+                                         r"torch.float32 \(1, 3, 8, 8\)"):
+        pipeline(torch.zeros(1, 3, 8, 8))
+
+
+def test_cuda_graph_refuses_a_cpu_tensor() -> None:
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA tensor, got one on cpu"):
+        capture_cuda_graph(nn.Identity(), torch.zeros(1, 3, 8, 8))

@@ -1,0 +1,386 @@
+"""``dfanet bench``: how fast the model (and the engine) runs.  Prints figures, asserts none.
+
+``dfanet bench model`` times DFANet variants at several input sizes and batch sizes in several
+modes.  For each (variant, size, batch) every mode is built, warmed up, then run in
+interleaved rounds (one call of each mode per round), so that load from other processes on a
+shared machine falls on all modes alike; ratios to ``eager`` are the figures to trust.  Timing
+is synchronised: CUDA events around each call on the GPU, ``time.perf_counter`` on the CPU.
+Each mode's output is compared with the eager model's on the same input (max |logit
+difference| and argmax agreement), so a fast but wrong path shows itself in the table.
+
+``dfanet bench engine`` times the uint8-frame-to-outputs path of ``dfanet_ros.engine``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .checkpoint import ModelCard, load_model
+from .fast import ImageToLabels, capture_cuda_graph, prepare_for_inference
+from .network import VARIANTS, build_dfanet
+
+SIZES: tuple[tuple[int, int], ...] = (
+    (1024, 1024), (1024, 2048), (512, 1024), (720, 960), (360, 480))
+
+# mode -> (devices it runs on, what it is)
+MODES: dict[str, tuple[tuple[str, ...], str]] = {
+    "eager": (("cpu", "cuda"), "the model as built, fp32, NCHW (the reference)"),
+    "folded": (("cpu", "cuda"), "batch norm folded, fp32, channels-last"),
+    "onnxruntime": (("cpu",), "batch norm folded, ONNX Runtime CPU session"),
+    "fp16": (("cuda",), "batch norm folded, fp16, channels-last"),
+    "cudagraph": (("cuda",), "fp16 channels-last, replayed from a CUDA graph"),
+    "compile": (("cpu", "cuda"), "torch.compile of the folded model (CUDA: fp16 channels-last "
+                                 "in a CUDA graph)"),
+    "labels": (("cpu", "cuda"), "uint8 RGB image on the device -> uint8 labels (CPU: the auto "
+                                "backend; CUDA: fp16 channels-last in a CUDA graph)"),
+    "labels-compile": (("cuda",), "as labels, the whole path torch.compile'd, in a CUDA graph"),
+}
+DEFAULT_MODES = {"cpu": ("eager", "folded", "onnxruntime"),
+                 "cuda": ("eager", "folded", "fp16", "cudagraph", "compile", "labels",
+                          "labels-compile")}
+
+
+@dataclass
+class Result:
+    variant: str
+    height: int
+    width: int
+    batch: int
+    mode: str
+    device: str
+    iterations: int
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    fps: float  # images per second at the median time: batch * 1000 / median_ms
+    vs_eager: float | None  # eager median / this median, same run
+    max_abs_diff: float | None  # against eager fp32 logits (None for label outputs)
+    argmax_agreement: float  # fraction of pixels whose class equals eager's
+    times_ms: list[float] = field(repr=False, default_factory=list)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``HEIGHTxWIDTH`` -> (height, width)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be HEIGHTxWIDTH, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return h, w
+
+
+def _csv(choices: Any, what: str) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {', '.join(bad) or repr(text)}; valid: {', '.join(choices)}")
+        return items
+    return parse
+
+
+def _variants(text: str) -> list[str]:
+    return _csv(VARIANTS, "variant")(text.upper())
+
+
+def _sizes(text: str) -> list[tuple[int, int]]:
+    return [parse_size(t) for t in text.split(",") if t.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="target", metavar="TARGET", required=True)
+    m = sub.add_parser("model", help="the network alone, in each mode",
+                       description=__doc__.split("\n\n")[1])
+    m.add_argument("--variants", type=_variants, default=list(VARIANTS),
+                   help="comma-separated variants (default: A,B)")
+    m.add_argument("--sizes", type=_sizes, default=list(SIZES),
+                   help="comma-separated HEIGHTxWIDTH list (default: "
+                        + ",".join(f"{h}x{w}" for h, w in SIZES) + ")")
+    m.add_argument("--batch", type=int, nargs="+", default=[1],
+                   help="batch sizes (default 1; e.g. --batch 1 6 for a six-camera rig)")
+    m.add_argument("--modes", type=_csv(MODES, "mode"), default=None,
+                   help="comma-separated modes (default: "
+                        + "; ".join(f"{d}: {','.join(v)}" for d, v in DEFAULT_MODES.items())
+                        + "). " + "; ".join(f"{k}: {v[1]}" for k, v in MODES.items()))
+    m.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda or cuda:N (default: cuda when available)")
+    m.add_argument("--iters", type=int, default=None,
+                   help="timed calls per mode (default: 200 on CUDA, 10 on the CPU)")
+    m.add_argument("--warmup", type=int, default=None,
+                   help="untimed calls per mode first (default: 20 on CUDA, 2 on the CPU)")
+    m.add_argument("--threads", type=int, default=None,
+                   help="CPU intra-op threads (default: torch's choice, "
+                        f"{torch.get_num_threads()} here)")
+    m.add_argument("--classes", type=int, default=19, help="number of classes (default 19)")
+    m.add_argument("--checkpoint", type=Path, default=None,
+                   help="time these weights instead of random ones (variant from the card)")
+    m.add_argument("--compile-mode", default=None,
+                   help="torch.compile mode, e.g. max-autotune-no-cudagraphs (default: its "
+                        "default; CUDA graphs are captured by the bench itself)")
+    m.add_argument("--json", type=Path, default=None, help="also write the results here")
+    e = sub.add_parser("engine", help="dfanet_ros.engine: uint8 frame to label/colour/overlay")
+    e.add_argument("--checkpoint", type=Path, default=None,
+                   help="deployable checkpoint (default: the shipped one, else random weights)")
+    e.add_argument("--sizes", type=_sizes, default=[(720, 960), (1024, 2048)],
+                   help="camera frame HEIGHTxWIDTH list (default 720x960,1024x2048)")
+    e.add_argument("--model-size", type=parse_size, default=None,
+                   help="model input HEIGHTxWIDTH (default: the engine's default)")
+    e.add_argument("--outputs", default="label,color,overlay",
+                   help="comma-separated outputs to produce (default label,color,overlay)")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    e.add_argument("--fp16", action="store_true", help="fp16 on CUDA")
+    e.add_argument("--iters", type=int, default=None,
+                   help="timed frames (default: 200 on CUDA, 10 on the CPU)")
+    e.add_argument("--warmup", type=int, default=None, help="untimed frames first")
+    e.add_argument("--json", type=Path, default=None, help="also write the results here")
+
+
+# ---------------------------------------------------------------------------- model bench
+
+def _normalise(image: torch.Tensor, card: ModelCard) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W), the same arithmetic as ImageToLabels."""
+    return ImageToLabels(nn.Identity(), card.mean, card.std).to(image.device).normalise(image)
+
+
+Runner = tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]
+
+
+def _build(mode: str, model: nn.Module, card: ModelCard, device: torch.device,
+           image: torch.Tensor, x: torch.Tensor, compile_mode: str | None) -> Runner:
+    """A callable and the input it takes (float NCHW or uint8 NHWC) for one mode."""
+    cuda = device.type == "cuda"
+    if mode == "eager":
+        return model, x
+    if mode == "folded":
+        return prepare_for_inference(model, device, backend="eager"), x
+    if mode == "onnxruntime":
+        return prepare_for_inference(model, device, backend="onnxruntime"), x
+    if mode == "fp16":
+        return prepare_for_inference(model, device, half=True, backend="eager"), x
+    if mode == "cudagraph":
+        prepared = prepare_for_inference(model, device, half=True, backend="eager")
+        return capture_cuda_graph(prepared, x), x
+    if mode == "compile":
+        prepared = prepare_for_inference(model, device, half=cuda, backend="compile",
+                                         compile_mode=compile_mode)
+        return (capture_cuda_graph(prepared, x) if cuda else prepared), x
+    if mode == "labels":
+        if not cuda:
+            return ImageToLabels(prepare_for_inference(model, device), card.mean, card.std), image
+        prepared = prepare_for_inference(model, device, half=True, backend="eager")
+        pipeline = ImageToLabels(prepared, card.mean, card.std, torch.float16).to(device)
+        return capture_cuda_graph(pipeline, image), image
+    if mode == "labels-compile":
+        prepared = prepare_for_inference(model, device, half=True, backend="eager")
+        pipeline = ImageToLabels(prepared, card.mean, card.std, torch.float16).to(device)
+        compiled = torch.compile(pipeline, mode=compile_mode, dynamic=False)
+        return capture_cuda_graph(compiled, image), image
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+def _time_interleaved(runners: dict[str, Runner], iters: int, warmup: int,
+                      device: torch.device) -> dict[str, list[float]]:
+    """Milliseconds per call of each runner, measured in interleaved rounds."""
+    cuda = device.type == "cuda"
+    with torch.inference_mode():
+        for fn, inp in runners.values():
+            for _ in range(warmup):
+                fn(inp)
+        if cuda:
+            torch.cuda.synchronize(device)
+            events = {k: [(torch.cuda.Event(enable_timing=True),
+                           torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+                      for k in runners}
+        times: dict[str, list[float]] = {k: [] for k in runners}
+        for i in range(iters):
+            for name, (fn, inp) in runners.items():
+                if cuda:
+                    start, end = events[name][i]
+                    start.record()
+                    fn(inp)
+                    end.record()
+                else:
+                    t0 = time.perf_counter()
+                    fn(inp)
+                    times[name].append((time.perf_counter() - t0) * 1e3)
+        if cuda:
+            torch.cuda.synchronize(device)
+            times = {k: [s.elapsed_time(e) for s, e in ev] for k, ev in events.items()}
+    return times
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def bench_model(variant: str, size: tuple[int, int], batch: int, modes: list[str],
+                device: torch.device, iters: int, warmup: int, num_classes: int = 19,
+                checkpoint: Path | None = None, compile_mode: str | None = None,
+                log: Callable[[str], None] = print) -> list[Result]:
+    """Time ``modes`` of one (variant, size, batch) side by side; see the module docstring."""
+    if checkpoint is not None:
+        model, card = load_model(checkpoint, device)
+    else:
+        torch.manual_seed(0)
+        model = build_dfanet(variant, num_classes).to(device).eval()
+        card = ModelCard(variant, num_classes, [f"class{i}" for i in range(num_classes)],
+                         [[0, 0, 0]] * num_classes)
+    gen = torch.Generator().manual_seed(1)
+    image = torch.randint(0, 256, (batch, *size, 3), dtype=torch.uint8, generator=gen).to(device)
+    x = _normalise(image, card)
+    with torch.inference_mode():
+        reference = model(x).float()
+    ref_labels = reference.argmax(1)
+    runners: dict[str, Runner] = {"eager": (model, x)}
+    checks: dict[str, tuple[float | None, float]] = {}
+    for mode in ["eager", *modes]:
+        t0 = time.perf_counter()
+        if mode not in runners:
+            runners[mode] = _build(mode, model, card, device, image, x, compile_mode)
+        fn, inp = runners[mode]
+        with torch.inference_mode():
+            out = fn(inp)  # the first call: exports and compilations happen here
+        if out.dtype == torch.uint8:  # labels
+            checks[mode] = (None, (out.long() == ref_labels).float().mean().item())
+        else:
+            out = out.float()
+            checks[mode] = ((out - reference).abs().max().item(),
+                            (out.argmax(1) == ref_labels).float().mean().item())
+        if mode != "eager":
+            log(f"  {mode}: built and first call in {time.perf_counter() - t0:.1f} s")
+    times = _time_interleaved(runners, iters, warmup, device)
+    eager_median = statistics.median(times["eager"])
+    results = []
+    for name in [m for m in modes if m in runners] + (["eager"] if "eager" not in modes else []):
+        t = times[name]
+        median = statistics.median(t)
+        results.append(Result(
+            variant, size[0], size[1], batch, name, str(device), len(t), median,
+            _percentile(t, 0.1), _percentile(t, 0.9), batch * 1000.0 / median,
+            eager_median / median, checks[name][0], checks[name][1], t))
+    return results
+
+
+def format_table(results: list[Result]) -> str:
+    head = (f"{'variant':<7} {'size':>9} {'batch':>5} {'mode':<14} {'median ms':>9} "
+            f"{'p90 ms':>8} {'FPS':>8} {'vs eager':>8} {'max|dlogit|':>11} {'argmax=':>8}")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        diff = "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.1e}"
+        lines.append(
+            f"{r.variant:<7} {f'{r.height}x{r.width}':>9} {r.batch:>5} {r.mode:<14} "
+            f"{r.median_ms:>9.2f} {r.p90_ms:>8.2f} {r.fps:>8.1f} {r.vs_eager or 0:>7.2f}x "
+            f"{diff:>11} {r.argmax_agreement:>8.2%}")
+    return "\n".join(lines)
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """What the figures were measured on."""
+    info: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join(["dfanet", *sys.argv[1:]]) if sys.argv else "",
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
+    try:
+        import onnxruntime
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _write_json(path: Path, device: torch.device, results: list[Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"machine": machine_info(device), "results": [asdict(r) for r in results]}
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+def run_model(args: argparse.Namespace) -> int:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"error: --device {args.device}: CUDA is not available here", file=sys.stderr)
+        return 2
+    modes = args.modes or list(DEFAULT_MODES[device.type])
+    unsupported = [m for m in modes if device.type not in MODES[m][0]]
+    if unsupported:
+        valid = ", ".join(k for k, v in MODES.items() if device.type in v[0])
+        print(f"error: mode(s) {', '.join(unsupported)} do not run on {device.type}; "
+              f"{device.type} modes: {valid}", file=sys.stderr)
+        return 2
+    if any(b < 1 for b in args.batch) or (args.iters is not None and args.iters < 1):
+        print("error: --batch and --iters must be at least 1", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # pick the fastest convolution per shape
+    iters = args.iters or (200 if device.type == "cuda" else 10)
+    warmup = args.warmup if args.warmup is not None else (20 if device.type == "cuda" else 2)
+    variants = args.variants
+    if args.checkpoint is not None:
+        from .checkpoint import read_checkpoint
+        variants = [read_checkpoint(args.checkpoint).card.variant]
+    print(f"dfanet bench model on {device} ({_cpu_model()}, {os.cpu_count()} CPUs, "
+          f"{torch.get_num_threads()} torch threads"
+          + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "")
+          + f"); {warmup} warm-up + {iters} timed calls per mode, interleaved")
+    results: list[Result] = []
+    for variant in variants:
+        for size in args.sizes:
+            for batch in args.batch:
+                print(f"DFANet {variant} {size[0]}x{size[1]} batch {batch}", flush=True)
+                results += bench_model(variant, size, batch, modes, device, iters, warmup,
+                                       args.classes, args.checkpoint, args.compile_mode)
+                print(format_table(results[-len(modes) - ("eager" not in modes):]), flush=True)
+    print()
+    print(format_table(results))
+    if args.json:
+        _write_json(args.json, device, results)
+    return 0
+
+
+# --------------------------------------------------------------------------- engine bench
+
+def run_engine(args: argparse.Namespace) -> int:
+    print("error: dfanet bench engine needs dfanet_ros.engine, which is not available yet",
+          file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_model(args) if args.target == "model" else run_engine(args)

@@ -1,0 +1,62 @@
+"""``dfanet bench``: runs end to end on a tiny size and reports what it measured."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def dfanet(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dfanet_model.cli", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_bench_model_prints_a_table_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = dfanet("bench", "model", "--variants", "B", "--sizes", "33x47", "--batch", "1", "2",
+                    "--iters", "2", "--warmup", "0", "--threads", "1",
+                    "--modes", "eager,folded,onnxruntime,labels", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    # The final table: a header, a rule and one row per (batch, mode).
+    header = max(i for i, line in enumerate(lines) if line.startswith("variant"))
+    rows = [line.split() for line in lines[header + 2:header + 10]]
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        ("B", "33x47", b, m) for b in ("1", "2")
+        for m in ("eager", "folded", "onnxruntime", "labels")]
+    for r in rows:
+        median, p90, fps = float(r[4]), float(r[5]), float(r[6])
+        assert 0 < median <= p90 and fps > 0
+        assert r[-1] == "100.00%"  # every optimised path gives eager's classes here
+    payload = json.loads(out.read_text())
+    assert payload["machine"]["cpu_count"] >= 1 and payload["machine"]["torch"]
+    assert "bench model" in payload["machine"]["command"]
+    records = payload["results"]
+    assert len(records) == 8 and {r["mode"] for r in records} == {
+        "eager", "folded", "onnxruntime", "labels"}
+    for r in records:
+        assert len(r["times_ms"]) == r["iterations"] == 2
+        assert r["fps"] == pytest.approx(r["batch"] * 1000 / r["median_ms"])
+        if r["mode"] in ("folded", "onnxruntime"):
+            assert r["max_abs_diff"] < 1e-3
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--modes", "eager,turbo"], "unknown mode turbo"),
+    (["--modes", "cudagraph", "--device", "cpu"], "cudagraph do not run on cpu"),
+    (["--sizes", "big"], "size must be HEIGHTxWIDTH, got 'big'"),
+    (["--variants", "C"], "unknown variant C; valid: A, B"),
+    (["--batch", "0"], "--batch and --iters must be at least 1"),
+])
+def test_bench_model_names_bad_arguments(args: list[str], message: str,
+                                         capsys: pytest.CaptureFixture) -> None:
+    from dfanet_model.cli import main
+    try:
+        code = main(["bench", "model", *args])
+    except SystemExit as e:  # argparse rejects the value
+        code = e.code
+    assert code == 2
+    assert message in capsys.readouterr().err
