@@ -131,20 +131,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="torch.compile mode, e.g. max-autotune-no-cudagraphs (default: its "
                         "default; CUDA graphs are captured by the bench itself)")
     m.add_argument("--json", type=Path, default=None, help="also write the results here")
-    e = sub.add_parser("engine", help="dfanet_ros.engine: uint8 frame to label/colour/overlay")
+    e = sub.add_parser("engine", help="dfanet_ros.engine: uint8 frame to label/colour/overlay",
+                       description="Time SegmentationEngine.run on host uint8 frames (the "
+                                   "node's per-frame work without ROS): wall clock per call, "
+                                   "which includes the copies in and out and the sync.")
     e.add_argument("--checkpoint", type=Path, default=None,
-                   help="deployable checkpoint (default: the shipped one, else random weights)")
+                   help="deployable checkpoint (default: the shipped one, else random weights "
+                        "of DFANet A with the CamVid classes)")
     e.add_argument("--sizes", type=_sizes, default=[(720, 960), (1024, 2048)],
                    help="camera frame HEIGHTxWIDTH list (default 720x960,1024x2048)")
     e.add_argument("--model-size", type=parse_size, default=None,
-                   help="model input HEIGHTxWIDTH (default: the engine's default)")
-    e.add_argument("--outputs", default="label,color,overlay",
-                   help="comma-separated outputs to produce (default label,color,overlay)")
+                   help="network input HEIGHTxWIDTH (default: each frame's own size)")
+    e.add_argument("--outputs", type=_csv(("label", "color", "overlay"), "output"), nargs="+",
+                   default=[["label"], ["label", "color", "overlay"]],
+                   help="output sets, each comma-separated (default: label "
+                        "label,color,overlay)")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     e.add_argument("--fp16", action="store_true", help="fp16 on CUDA")
+    e.add_argument("--backend", default="auto", help="network backend (dfanet_model.fast)")
     e.add_argument("--iters", type=int, default=None,
                    help="timed frames (default: 200 on CUDA, 10 on the CPU)")
-    e.add_argument("--warmup", type=int, default=None, help="untimed frames first")
+    e.add_argument("--warmup", type=int, default=None,
+                   help="untimed frames first (default: 20 on CUDA, 2 on the CPU)")
+    e.add_argument("--threads", type=int, default=None, help="CPU intra-op threads")
     e.add_argument("--json", type=Path, default=None, help="also write the results here")
 
 
@@ -376,10 +385,111 @@ def run_model(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- engine bench
 
+@dataclass
+class EngineBenchResult:
+    height: int
+    width: int
+    model_height: int
+    model_width: int
+    outputs: str
+    device: str
+    backend: str
+    fp16: bool
+    iterations: int
+    median_ms: float  # wall clock of SegmentationEngine.run, host frame in, host arrays out
+    p10_ms: float
+    p90_ms: float
+    p99_ms: float
+    fps: float  # 1000 / median_ms
+    copy_in_median_ms: float
+    compute_median_ms: float
+    times_ms: list[float] = field(repr=False, default_factory=list)
+
+
+def _engine_checkpoint(path: Path | None, workdir: Path) -> Path:
+    """The checkpoint to time: the given one, the shipped one, else random DFANet A weights."""
+    if path is not None:
+        return path
+    from .resources import DEFAULT_CHECKPOINT
+    if DEFAULT_CHECKPOINT.exists():
+        return DEFAULT_CHECKPOINT
+    from .checkpoint import save_model
+    from .classes import CAMVID
+    torch.manual_seed(0)
+    card = ModelCard("A", CAMVID.num_classes, list(CAMVID.names),
+                     [list(c) for c in CAMVID.colors], dataset="random weights (bench)")
+    out = workdir / "dfanet_a_random.safetensors"
+    save_model(out, build_dfanet("A", CAMVID.num_classes), card)
+    return out
+
+
+def format_engine_table(results: list[EngineBenchResult]) -> str:
+    head = (f"{'frame':>9} {'network':>9} {'outputs':<19} {'device':<7} {'backend':<11} "
+            f"{'median ms':>9} {'p90 ms':>8} {'p99 ms':>8} {'FPS':>8} {'in ms':>6} "
+            f"{'compute':>8}")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        lines.append(
+            f"{f'{r.height}x{r.width}':>9} {f'{r.model_height}x{r.model_width}':>9} "
+            f"{r.outputs:<19} {r.device + (' fp16' if r.fp16 else ''):<7} {r.backend:<11} "
+            f"{r.median_ms:>9.2f} {r.p90_ms:>8.2f} {r.p99_ms:>8.2f} {r.fps:>8.1f} "
+            f"{r.copy_in_median_ms:>6.2f} {r.compute_median_ms:>8.2f}")
+    return "\n".join(lines)
+
+
 def run_engine(args: argparse.Namespace) -> int:
-    print("error: dfanet bench engine needs dfanet_ros.engine, which is not available yet",
-          file=sys.stderr)
-    return 2
+    import tempfile
+
+    import numpy as np
+    try:  # the engine lives in dfanet_ros; dfanet_model never imports it otherwise
+        from dfanet_ros.engine import SegmentationEngine
+    except ImportError as e:
+        print(f"error: dfanet bench engine needs dfanet_ros.engine ({e})", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results: list[EngineBenchResult] = []
+    with tempfile.TemporaryDirectory(prefix="dfanet-bench-") as tmp:
+        checkpoint = _engine_checkpoint(args.checkpoint, Path(tmp))
+        model_size = args.model_size or (0, 0)
+        engine = SegmentationEngine(checkpoint, args.device, args.fp16, model_size,
+                                    backend=args.backend)
+        cuda = engine.device.type == "cuda"
+        iters = args.iters or (200 if cuda else 10)
+        warmup = args.warmup if args.warmup is not None else (20 if cuda else 2)
+        print(f"dfanet bench engine: {checkpoint.name} (DFANet {engine.card.variant}) on "
+              f"{engine.device}, {engine.backend} backend; {warmup} warm-up + {iters} timed "
+              "frames each")
+        rng = np.random.default_rng(0)
+        for h, w in args.sizes:
+            frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            for outputs in args.outputs:
+                wanted = frozenset(outputs)
+                t0 = time.perf_counter()
+                engine.warm_up(h, w, "rgb8", wanted)
+                for _ in range(warmup):
+                    engine.run(frame, "rgb8", wanted)
+                print(f"  {h}x{w} {','.join(outputs)}: ready in "
+                      f"{time.perf_counter() - t0:.1f} s", flush=True)
+                times, copy_in, compute = [], [], []
+                for _ in range(iters):
+                    t = time.perf_counter()
+                    res = engine.run(frame, "rgb8", wanted)
+                    times.append((time.perf_counter() - t) * 1e3)
+                    copy_in.append(res.timings_ms["copy_in"])
+                    compute.append(res.timings_ms["compute"])
+                median = statistics.median(times)
+                results.append(EngineBenchResult(
+                    h, w, *res.model_size, ",".join(sorted(wanted)), str(engine.device),
+                    engine.backend, engine.fp16, iters, median, _percentile(times, 0.1),
+                    _percentile(times, 0.9), _percentile(times, 0.99), 1000.0 / median,
+                    statistics.median(copy_in), statistics.median(compute), times))
+        engine.release()
+    print()
+    print(format_engine_table(results))
+    if args.json:
+        _write_json(args.json, engine.device, results)
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

@@ -60,3 +60,19 @@ def test_bench_model_names_bad_arguments(args: list[str], message: str,
         code = e.code
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_engine_prints_a_table(tmp_path: Path) -> None:
+    out = tmp_path / "engine.json"
+    result = dfanet("bench", "engine", "--sizes", "40x56", "--outputs", "label",
+                    "label,color,overlay", "--iters", "2", "--warmup", "0", "--threads", "1",
+                    "--device", "cpu", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    # Table rows: frame size, then network size (each frame's own by default).
+    rows = [line.split() for line in result.stdout.splitlines()
+            if line.split()[:2] == ["40x56", "40x56"]]
+    assert [r[2] for r in rows] == ["label", "color,label,overlay"]
+    assert all(float(r[5]) > 0 for r in rows)  # median ms
+    records = json.loads(out.read_text())["results"]
+    assert [len(r["times_ms"]) for r in records] == [2, 2]
+    assert all(r["device"] == "cpu" and (r["height"], r["width"]) == (40, 56) for r in records)
