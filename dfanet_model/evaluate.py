@@ -1,0 +1,228 @@
+"""Evaluation: confusion-matrix mIoU, per-class IoU and pixel accuracy; ``dfanet eval``.
+
+``predict`` turns uint8 frames into label maps at the frames' own size (inference may run at
+another size: the logits are resized to the label size, never the labels to the logits), and
+``evaluate`` accumulates them into the project's one ``ConfusionMatrix``.  Both take plain
+tensors, so training, ``dfanet eval`` and the rosbag evaluation share them.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .augment import normalize
+from .metrics import ConfusionMatrix, SegmentationScores
+
+
+def autocast(device: torch.device, precision: str = "fp32") -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast on CUDA; full precision elsewhere (CPU half precision is slow)."""
+    if device.type != "cuda" or precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, mean: Sequence[float],
+                   std: Sequence[float], size: Sequence[int] | None = None,
+                   precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
+    """Float logits (N, C, H, W) at the frames' size for uint8 frames (N, H, W, 3)."""
+    x = normalize(images, mean, std)
+    frame_size = x.shape[-2:]
+    if size is not None and tuple(size) != tuple(frame_size):
+        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(x.device, precision):
+        logits = model(x)
+    logits = logits.float()
+    if logits.shape[-2:] != frame_size:
+        logits = F.interpolate(logits, size=frame_size, mode="bilinear", align_corners=False)
+    return logits
+
+
+def predict(model: nn.Module, images: torch.Tensor, mean: Sequence[float],
+            std: Sequence[float], size: Sequence[int] | None = None, precision: str = "fp32",
+            channels_last: bool = False) -> torch.Tensor:
+    """Label maps (N, H, W) int64 at the frames' size for uint8 frames (N, H, W, 3)."""
+    return predict_logits(model, images, mean, std, size, precision, channels_last).argmax(1)
+
+
+@dataclass
+class EvalResult:
+    scores: SegmentationScores
+    matrix: ConfusionMatrix
+    frames: list[dict[str, Any]] = field(default_factory=list)  # per-frame, when asked
+    seconds: float = 0.0
+
+    def as_dict(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+        d = self.scores.as_dict()
+        d["seconds"] = self.seconds
+        if class_names is not None:
+            d["class_names"] = list(class_names)
+        return d
+
+
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             num_classes: int, ignore_index: int, mean: Sequence[float], std: Sequence[float],
+             size: Sequence[int] | None = None, precision: str = "fp32",
+             channels_last: bool = False, names: Sequence[str] | None = None,
+             per_frame: bool = False, reduce: Any = None) -> EvalResult:
+    """Score ``model`` on (uint8 images (N, H, W, 3), labels (N, H, W)) batches.
+
+    The model is put in eval mode and restored afterwards.  ``reduce(tensor)``, if given,
+    sums the confusion matrix over processes (distributed evaluation of a sharded split).
+    ``per_frame`` also records each frame's mIoU and pixel accuracy (``names`` labels them).
+    """
+    was_training = model.training
+    model.eval()
+    total = ConfusionMatrix(num_classes, ignore_index)
+    frames: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    try:
+        for images, labels in batches:
+            pred = predict(model, images, mean, std, size, precision, channels_last)
+            total.update(labels, pred)
+            if per_frame:
+                for label, p in zip(labels, pred, strict=True):
+                    one = ConfusionMatrix(num_classes, ignore_index)
+                    one.update(label, p)
+                    s = one.compute()
+                    name = names[len(frames)] if names is not None else str(len(frames))
+                    frames.append({"frame": name, "miou": _num(s.miou),
+                                   "pixel_acc": _num(s.pixel_acc),
+                                   "iou": [_num(v) for v in s.iou]})
+    finally:
+        model.train(was_training)
+    total.mat = total.mat.cpu()
+    if reduce is not None:
+        reduce(total.mat)
+    return EvalResult(total.compute(), total, frames, time.perf_counter() - start)
+
+
+def _num(v: float) -> float | None:
+    """JSON-safe float (nan -> None)."""
+    return None if math.isnan(v) else v
+
+
+def split_batches(split: Any, device: torch.device, batch_size: int, rank: int = 0,
+                  world_size: int = 1) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of a ``SegmentationSplit`` on ``device``; with several ranks, rank r's share."""
+    indices = torch.arange(rank, len(split), world_size)
+    for chunk in indices.split(batch_size):
+        yield split.batch(chunk, device)
+
+
+def format_scores(scores: SegmentationScores, class_names: Sequence[str], title: str) -> str:
+    """A per-class IoU table with mIoU and pixel accuracy, in percent."""
+    width = max(len(n) for n in class_names)
+    lines = [title, f"  {'class':<{width}}    IoU   acc"]
+    for name, iou, acc in zip(class_names, scores.iou, scores.class_acc, strict=True):
+        lines.append(f"  {name:<{width}}  {_pct(iou)}  {_pct(acc)}")
+    lines.append(f"  {'mIoU':<{width}}  {_pct(scores.miou)}")
+    lines.append(f"  {'pixel acc':<{width}}  {_pct(scores.pixel_acc)}   "
+                 f"({scores.pixels:,d} labelled pixels)")
+    return "\n".join(lines)
+
+
+def _pct(v: float) -> str:
+    return "    -" if math.isnan(v) else f"{100 * v:5.1f}"
+
+
+# ---------------------------------------------------------------- dfanet eval
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be HEIGHTxWIDTH, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return h, w
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="deployable .safetensors or training .pt file")
+    parser.add_argument("--data", required=True, help="dataset root (CamVid or Cityscapes)")
+    parser.add_argument("--split", default="test", help="split to score (default: test)")
+    parser.add_argument("--dataset", choices=("camvid", "cityscapes"),
+                        help="dataset layout (default: the one the checkpoint was trained on)")
+    parser.add_argument("--size", type=_parse_size,
+                        help="inference HEIGHTxWIDTH (default: each frame's own size); logits "
+                             "are resized back to the label size")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="autocast on CUDA (default fp32)")
+    parser.add_argument("--json", type=Path, help="write the scores to this JSON file")
+    parser.add_argument("--per-frame", type=Path,
+                        help="write each frame's mIoU and pixel accuracy to this JSON file")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError, load_model
+    from .classes import CLASS_TABLES
+    from .data import DataError, open_split
+    from .distributed import resolve_device
+
+    device = resolve_device(args.device)
+    try:
+        model, card = load_model(args.checkpoint, device)
+        dataset = args.dataset or card.dataset
+        table = CLASS_TABLES.get(dataset)
+        if table is None or table.num_classes != card.num_classes:
+            print(f"dfanet eval: {args.checkpoint} predicts {card.num_classes} classes but "
+                  f"{dataset or 'its dataset'} has "
+                  f"{table.num_classes if table else 'an unknown number of'}; pass --dataset",
+                  file=sys.stderr)
+            return 1
+        # Frames are decoded batch by batch: a large split never has to fit in memory.
+        split = open_split(dataset, args.data, args.split)
+        h, w = split.frame_size()
+        size = args.size or (h, w)
+        result = evaluate(model, split_batches(split, device, args.batch_size),
+                          card.num_classes, split.table.ignore_index, card.mean, card.std,
+                          size=args.size, precision=args.precision, names=split.names,
+                          per_frame=args.per_frame is not None)
+    except (CheckpointError, DataError) as e:
+        print(f"dfanet eval: {e}", file=sys.stderr)
+        return 1
+    title = (f"DFANet {card.variant} ({args.checkpoint}) on {dataset} {args.split}: "
+             f"{len(split)} frames {h}x{w}, inference at {size[0]}x{size[1]}, "
+             f"{len(split) / result.seconds:.1f} frames/s on {device}")
+    print(format_scores(result.scores, card.class_names, title))
+    summary = dict(result.as_dict(card.class_names), checkpoint=str(args.checkpoint),
+                   dataset=dataset, split=args.split, frames=len(split),
+                   frame_size=[h, w], inference_size=list(size))
+    if args.json:
+        args.json.write_text(json.dumps(_json_safe(summary), indent=1) + "\n")
+        print(f"wrote {args.json}")
+    if args.per_frame:
+        args.per_frame.write_text(json.dumps(_json_safe(
+            {"checkpoint": str(args.checkpoint), "dataset": dataset, "split": args.split,
+             "inference_size": list(size), "frames": result.frames}), indent=1) + "\n")
+        print(f"wrote {args.per_frame}")
+    return 0
+
+
+def _json_safe(obj: Any) -> Any:
+    """Replace nan (not valid JSON) by null, recursively."""
+    if isinstance(obj, float):
+        return _num(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj

@@ -1,0 +1,215 @@
+"""dfanet train on real CamVid frames: loss falls, exact resume, signals, time budget, torchrun."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from dfanet_model.checkpoint import read_checkpoint
+from dfanet_model.cli import main
+
+# Small, fast runs: DFANet B on tiny crops of the shipped sample frames.
+TINY = {"variant": "B", "crop_size": "[64,96]", "batch_size": 2, "log_every": 1,
+        "eval_batch_size": 2, "test_split": "null", "progress": "false"}
+
+
+def train_args(run_dir, data_root, extra=(), **settings):
+    sets = {**TINY, "data_root": str(data_root), **settings}
+    args = ["train", "--run-dir", str(run_dir)]
+    for key, value in sets.items():
+        args += ["--set", f"{key}={value}"]
+    return args + list(extra)
+
+
+def log_records(run_dir):
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Several test processes share two cores: one thread each is far faster than contending.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, sample_camvid):
+    run_dir = tmp_path_factory.mktemp("run")
+    torch.set_num_threads(1)
+    rc = main(train_args(run_dir, sample_camvid, batch_size=4, iterations=30, log_every=5,
+                         eval_every=15, eval_size="[180,240]", save_every=10,
+                         keep_snapshots=2, lr=0.05))
+    assert rc == 0
+    return run_dir
+
+
+def test_loss_falls_on_real_frames(trained_run):
+    losses = [r["loss"] for r in log_records(trained_run) if r["event"] == "train"]
+    assert len(losses) == 6
+    assert sum(losses[-2:]) / 2 < 0.8 * losses[0], losses
+
+
+def test_run_dir_holds_checkpoints_log_and_deployable_model(trained_run):
+    names = sorted(p.name for p in trained_run.iterdir())
+    assert names == ["best.pt", "best.safetensors", "config.yaml", "last.pt", "log.jsonl",
+                     "snapshot_0000010.pt", "snapshot_0000020.pt"]  # the last save is last.pt
+    evals = [r for r in log_records(trained_run) if r["event"] == "eval"]
+    assert [e["iteration"] for e in evals] == [15, 30]
+    best = read_checkpoint(trained_run / "best.safetensors")
+    assert best.training_state is None
+    card = best.card
+    assert card.dataset == "camvid" and card.class_names[0] == "Sky"
+    assert card.ignore_index == 11 and card.input_size == [64, 96]
+    best_eval = max(evals, key=lambda e: e["miou"])
+    assert card.metrics["val"]["miou"] == pytest.approx(best_eval["miou"])
+    assert len(card.metrics["val"]["iou"]) == 11 and "pixel_acc" in card.metrics["val"]
+    assert card.provenance["iterations"] == best_eval["iteration"]
+    assert card.provenance["package_version"] and "git_commit" in card.provenance
+    last = read_checkpoint(trained_run / "last.pt").training_state
+    assert last["iteration"] == 30 and last["best_iteration"] == best_eval["iteration"]
+
+
+def test_plot_draws_the_curves(trained_run, capsys):
+    assert main(["plot", str(trained_run)]) == 0
+    png = trained_run / "curves.png"
+    assert f"wrote {png}" in capsys.readouterr().out
+    with Image.open(png) as im:
+        assert im.size == (1100, 400)
+        assert len(im.convert("L").getcolors(1 << 16)) > 20  # drawn, not blank
+
+
+def _state_equal(a, b, path="state"):
+    """Assert two nested checkpoint states are identical, tensors bit for bit."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _state_equal(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _state_equal(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, sample_camvid):
+    settings = dict(iterations=4, eval_every=2, save_every=100, class_weights="median_frequency",
+                    warmup_iterations=2, eval_size="[90,120]")
+    assert main(train_args(tmp_path / "a", sample_camvid, **settings)) == 0
+    assert main(train_args(tmp_path / "b", sample_camvid, ["--stop-after", "2"],
+                           **settings)) == 0
+    half = read_checkpoint(tmp_path / "b" / "last.pt").training_state
+    assert half["iteration"] == 2
+    assert main(train_args(tmp_path / "b", sample_camvid, ["--resume"], **settings)) == 0
+    a = read_checkpoint(tmp_path / "a" / "last.pt").training_state
+    b = read_checkpoint(tmp_path / "b" / "last.pt").training_state
+    assert a["iteration"] == b["iteration"] == 4
+    for key in ("model", "optimizer", "scheduler", "rng", "best_miou", "best_iteration"):
+        _state_equal(a[key], b[key], key)
+    assert not torch.equal(a["model"]["conv1.0.weight"], half["model"]["conv1.0.weight"])
+    evals = [[(r["iteration"], r["miou"]) for r in log_records(tmp_path / d)
+              if r["event"] == "eval"] for d in ("a", "b")]
+    assert evals[0] == evals[1]
+
+
+def test_sigterm_saves_a_resumable_checkpoint(tmp_path, sample_camvid):
+    run_dir = tmp_path / "run"
+    args = train_args(run_dir, sample_camvid, iterations=100000, val_split="null",
+                      save_every=100000, channels_last="true")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "dfanet_model.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            log = run_dir / "log.jsonl"
+            lines = log.read_text().splitlines() if log.exists() else []
+            if sum('"train"' in line for line in lines) >= 3:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err
+    assert "SIGTERM received" in err and "continue with --resume" in err
+    stopped = read_checkpoint(run_dir / "last.pt").training_state["iteration"]
+    assert 3 <= stopped < 100000
+    assert log_records(run_dir)[-1] == {**log_records(run_dir)[-1], "event": "stop",
+                                        "reason": "SIGTERM", "iteration": stopped}
+    resume = train_args(run_dir, sample_camvid, ["--resume", "--stop-after", str(stopped + 2)],
+                        iterations=100000, val_split="null", save_every=100000,
+                        channels_last="true")
+    assert main(resume) == 0
+    assert read_checkpoint(run_dir / "last.pt").training_state["iteration"] == stopped + 2
+
+
+def test_time_budget_stops_cleanly_in_time(tmp_path, sample_camvid):
+    start = time.monotonic()
+    assert main(train_args(tmp_path, sample_camvid, ["--time-budget", "0.05"],
+                           iterations=100000, val_split="null")) == 0
+    took = time.monotonic() - start
+    stop = log_records(tmp_path)[-1]
+    assert stop["event"] == "stop" and stop["reason"] == "time budget 0.05 min"
+    assert read_checkpoint(tmp_path / "last.pt").training_state["iteration"] == stop["iteration"]
+    assert took < 3 + 5, took  # budget 3 s; the margin keeps the overrun small
+
+
+def test_torchrun_two_process_gloo_job(tmp_path, sample_camvid):
+    args = train_args(tmp_path, sample_camvid, iterations=2, eval_every=0,
+                      eval_size="[90,120]")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+         "2", "-m", "dfanet_model.cli", *args],
+        capture_output=True, text=True, timeout=240, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = log_records(tmp_path)
+    start = records[0]
+    assert start["event"] == "start" and start["world_size"] == 2
+    assert start["global_batch"] == 4
+    assert [r["iteration"] for r in records if r["event"] == "eval"] == [2]
+    assert records[-1]["event"] == "end" and records[-1]["replicas_identical"] is True
+    state = read_checkpoint(tmp_path / "last.pt").training_state
+    assert state["iteration"] == 2 and state["world_size"] == 2 and len(state["rng"]) == 2
+    # Each rank drew its own augmentation: the two generator states differ.
+    assert not torch.equal(state["rng"][0]["augment"], state["rng"][1]["augment"])
+
+
+def test_full_camvid_training_split(tmp_path, camvid_root):
+    assert main(train_args(tmp_path, camvid_root, iterations=6, log_every=3, batch_size=4,
+                           val_split="null", class_weights="median_frequency")) == 0
+    records = log_records(tmp_path)
+    assert records[0]["train_frames"] == 367
+    weights = records[0]["loss_weights"]
+    road, pole, bicyclist = weights[3], weights[2], weights[10]
+    assert road < 0.3 and pole > 3 and bicyclist > 5  # rare classes weigh most
+    losses = [r["loss"] for r in records if r["event"] == "train"]
+    assert len(losses) == 2 and all(0 < v < 20 for v in losses)
+
+
+def test_bad_settings_are_named(tmp_path, sample_camvid, capsys):
+    assert main(train_args(tmp_path, sample_camvid, nosuch=1)) == 2
+    assert "unknown keys ['nosuch']; valid keys: dataset" in capsys.readouterr().err
+    assert main(train_args(tmp_path, sample_camvid, crop_size="[0,5]", lr=-1)) == 2
+    err = capsys.readouterr().err
+    assert "crop_size must be [height, width] of positive integers, got [0, 5]" in err
+    assert "lr must be a number >= 0, got -1" in err
+    assert main(train_args(tmp_path, tmp_path / "missing")) == 1
+    assert "CamVid root" in capsys.readouterr().err
+
+
+def test_existing_run_needs_resume(trained_run, sample_camvid, capsys):
+    assert main(train_args(trained_run, sample_camvid)) == 1
+    assert "already holds last.pt: pass --resume" in capsys.readouterr().err
