@@ -21,12 +21,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("dfanet_model.export", "TorchScript / ONNX export, checked against PyTorch"),
     "checkpoint": ("dfanet_model.checkpoint_cli", "inspect a checkpoint; slim it for deployment"),
     "plot": ("dfanet_model.plot", "draw a run's loss and mIoU curves to a PNG"),
-    "demo": ("dfanet_ros.demo", "replay the shipped sample drive through the node: mIoU, latency"),
-    "train": ("dfanet_model.train", "train DFANet (YAML config, resume, torchrun multi-GPU)"),
-    "eval": ("dfanet_model.evaluate", "mIoU, per-class IoU and pixel accuracy on a dataset split"),
-    "export": ("dfanet_model.export", "TorchScript / ONNX export, checked against PyTorch"),
-    "checkpoint": ("dfanet_model.checkpoint_cli", "inspect a checkpoint; slim it for deployment"),
-    "plot": ("dfanet_model.plot", "draw a run's loss and mIoU curves to a PNG"),
 }
 
 
