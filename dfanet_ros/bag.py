@@ -21,9 +21,6 @@ import numpy as np
 STORAGES = ("mcap", "sqlite3")
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
-# Channels per pixel of the 8-bit encodings the bag tools write.
-ENCODING_CHANNELS = {"mono8": 1, "8UC1": 1, "rgb8": 3, "bgr8": 3, "8UC3": 3, "rgba8": 4,
-                     "bgra8": 4}
 
 
 class BagError(ValueError):
@@ -69,17 +66,14 @@ def _header(stamp_ns: int, frame_id: str) -> Any:
 
 
 def image_message(array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -> Any:
-    """A ``sensor_msgs/Image`` (rosbags type) holding an HxW or HxWxC uint8 array."""
-    if array.dtype != np.uint8:
-        raise ValueError(f"image dtype must be uint8, got {array.dtype}")
-    channels = ENCODING_CHANNELS.get(encoding)
-    if channels is None:
-        raise ValueError(f"unsupported encoding {encoding!r} "
-                         f"(supported: {', '.join(ENCODING_CHANNELS)})")
+    """A ``sensor_msgs/Image`` (rosbags type) of an (H, W) or (H, W, C) uint8 array, unpadded.
+
+    ``encoding`` names the array's pixel layout (e.g. rgb8, mono8); it is stored as given.
+    """
+    if array.dtype != np.uint8 or array.ndim not in (2, 3):
+        raise ValueError(f"expected an (H, W[, C]) uint8 array, got {array.dtype} {array.shape}")
     height, width = array.shape[:2]
-    got = 1 if array.ndim == 2 else array.shape[2]
-    if got != channels:
-        raise ValueError(f"{encoding} needs {channels} channel(s), array has {got}")
+    channels = 1 if array.ndim == 2 else array.shape[2]
     return typestore().types[IMAGE](
         header=_header(stamp_ns, frame_id), height=height, width=width, encoding=encoding,
         is_bigendian=0, step=width * channels,
@@ -91,28 +85,6 @@ def compressed_message(data: bytes, fmt: str, stamp_ns: int, frame_id: str) -> A
     return typestore().types[COMPRESSED_IMAGE](
         header=_header(stamp_ns, frame_id), format=fmt,
         data=np.frombuffer(data, dtype=np.uint8))
-
-
-def image_array(msg: Any) -> np.ndarray:
-    """The pixels of an 8-bit ``sensor_msgs/Image`` as HxW (one channel) or HxWxC, no copy.
-
-    Honours ``step`` (row padding); raises ValueError naming the fault for data that does not
-    fit the stated size and encoding.
-    """
-    channels = ENCODING_CHANNELS.get(msg.encoding)
-    if channels is None:
-        raise ValueError(f"unsupported encoding {msg.encoding!r} "
-                         f"(supported: {', '.join(ENCODING_CHANNELS)})")
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height < 1 or width < 1:
-        raise ValueError(f"empty image ({height}x{width})")
-    if step < width * channels:
-        raise ValueError(f"step {step} < width {width} x {channels} channel(s)")
-    data = np.frombuffer(msg.data, dtype=np.uint8)
-    if data.size < step * height:
-        raise ValueError(f"{data.size} data bytes < step {step} x height {height}")
-    rows = data[:step * height].reshape(height, step)[:, :width * channels]
-    return rows.reshape(height, width) if channels == 1 else rows.reshape(height, width, channels)
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     "mono8 ground-truth labels with the same stamps, in file-name order.")
     make.add_argument("out", type=Path, help="bag directory to create (must not exist)")
     make.add_argument("--from", dest="source", type=Path, required=True, metavar="DIR",
-                      help="dataset root (DIR/SPLIT + DIR/SPLITannot) or an image folder")
+                      help="dataset root (CamVid: DIR/SPLIT + DIR/SPLITannot; Cityscapes: "
+                           "DIR/leftImg8bit + DIR/gtFine) or a folder of images")
     make.add_argument("--split", default="test", help="split of a dataset root (default: test)")
+    make.add_argument("--dataset", choices=("camvid", "cityscapes"), default=None,
+                      help="layout of DIR (default: detected; a folder of images is neither)")
     make.add_argument("--rate", type=_positive, default=15.0, help="frames/s (default: 15)")
     make.add_argument("--storage", choices=STORAGES, default="mcap",
                       help="rosbag2 storage (default: mcap)")
@@ -102,17 +105,18 @@ def run_make(args: argparse.Namespace) -> int:
     from .bag_make import make_bag
 
     try:
-        made = make_bag(args.out, args.source, split=args.split, rate=args.rate,
-                        storage=args.storage, compressed=args.compressed, topic=args.topic,
-                        label_topic=args.label_topic, frame_id=args.frame_id, limit=args.limit,
-                        progress=sys.stderr.isatty())
+        made = make_bag(args.out, args.source, split=args.split, dataset=args.dataset,
+                        rate=args.rate, storage=args.storage, compressed=args.compressed,
+                        topic=args.topic, label_topic=args.label_topic, frame_id=args.frame_id,
+                        limit=args.limit, progress=sys.stderr.isatty())
     except (BagError, FileNotFoundError, ValueError) as e:
         print(f"dfanet bag make: {e}", file=sys.stderr)
         return 1
     labels = (f", {made.labels} ground-truth labels on {made.label_topic}" if made.labels
               else ", no labels found")
-    print(f"wrote {made.path} ({made.storage}): {made.frames} frames on {made.camera_topic} at "
-          f"{made.rate:g} Hz{labels}")
+    source = f"{made.dataset} {args.split}" if made.dataset else "image folder"
+    print(f"wrote {made.path} ({made.storage}) from the {source}: {made.frames} frames on "
+          f"{made.camera_topic} at {made.rate:g} Hz{labels}")
     return 0
 
 

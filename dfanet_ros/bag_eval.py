@@ -3,9 +3,10 @@
 Online mode (the default) plays the camera messages over DDS into the node (one it starts as a
 subprocess, or a running one), receives its ``label`` outputs, matches them to the bag's
 ground-truth labels by header stamp and scores them with the project's one ``ConfusionMatrix``.
-Offline mode feeds the same messages straight through the ``SegmentationEngine`` in this
-process, without ROS: deterministic numbers, and the check on the online path (with no frame
-dropped, both give the same confusion matrix).
+Offline mode feeds the same messages, decoded by the node's own ``conversions``, straight
+through the ``SegmentationEngine`` in this process, with no DDS and no node: deterministic
+numbers, and the check on the online path (with no frame dropped, both give the same
+confusion matrix).
 
 Pacing (online): the recorded rate (bag receive times), a fixed rate, or as fast as possible
 with backpressure (the next frame leaves only when the previous one is answered or timed out,
@@ -15,6 +16,7 @@ time (offline).
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -37,7 +39,6 @@ from .bag import (
     BagError,
     BagReader,
     header_stamp_ns,
-    image_array,
     normalize_topic,
 )
 from .report import overlay_image, percentiles
@@ -111,25 +112,40 @@ def resolve_camera_topic(reader: BagReader, requested: str | None, label_topic: 
                                 f"{reader.describe_topics()}")
 
 
+def _ros_message(raw: bytes, msgtype: str) -> Any:
+    """The rclpy message of a bag's CDR bytes: decoded exactly as the node receives it."""
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import CompressedImage, Image
+
+    return deserialize_message(raw, Image if msgtype == IMAGE else CompressedImage)
+
+
+def label_array(msg: Any) -> np.ndarray:
+    """The (H, W) class ids of a mono8 label Image (rclpy), or ValueError naming the fault."""
+    from .conversions import image_to_array
+
+    if msg.encoding not in LABEL_ENCODINGS:
+        raise ValueError(f"encoding {msg.encoding!r}; expected {' or '.join(LABEL_ENCODINGS)} "
+                         "class ids")
+    return image_to_array(msg)[:, :, 0]
+
+
 def read_ground_truth(reader: BagReader, topic: str) -> tuple[dict[int, np.ndarray], list[str]]:
     """Label images by header stamp, and warnings (duplicate stamps)."""
-    reader.require_topic(topic, (IMAGE,), "ground-truth label")
+    name = reader.require_topic(topic, (IMAGE,), "ground-truth label").name
     labels: dict[int, np.ndarray] = {}
     duplicates = 0
-    for _, msg in reader.messages(topic):
-        if msg.encoding not in LABEL_ENCODINGS:
-            raise BagError(reader.path, f"ground-truth topic {normalize_topic(topic)} has "
-                                        f"encoding {msg.encoding!r}; expected "
-                                        f"{' or '.join(LABEL_ENCODINGS)} class ids")
+    for _, raw in reader.raw_messages(name):
+        msg = _ros_message(bytes(raw), IMAGE)
         stamp = header_stamp_ns(msg)
         if stamp in labels:
             duplicates += 1
             continue
         try:
-            labels[stamp] = image_array(msg).copy()
+            labels[stamp] = label_array(msg).copy()
         except ValueError as e:
-            raise BagError(reader.path, f"ground-truth label at stamp {_stamp_str(stamp)} on "
-                                        f"{normalize_topic(topic)}: {e}") from None
+            raise BagError(reader.path, f"ground-truth topic {name}, label at stamp "
+                                        f"{_stamp_str(stamp)}: {e}") from None
     warnings = []
     if duplicates:
         warnings.append(f"{duplicates} ground-truth label(s) repeat an earlier stamp; the "
@@ -174,15 +190,17 @@ def camera_stamps(reader: BagReader, topic: str) -> tuple[list[int], int]:
     return stamps, repeats
 
 
-def decode_camera(msg: Any) -> tuple[np.ndarray, str]:
-    """The pixels and encoding of a camera message (Image or CompressedImage, rosbags type)."""
-    if hasattr(msg, "encoding"):
-        return image_array(msg), msg.encoding
-    import io
+def decode_camera(frame: CameraFrame, msgtype: str) -> tuple[np.ndarray, str]:
+    """Pixels and encoding of a camera frame, through the node's own conversions.
 
-    from PIL import Image
-    with Image.open(io.BytesIO(np.asarray(msg.data).tobytes())) as im:
-        return np.asarray(im.convert("RGB")), "rgb8"
+    Raises ``conversions.BadImage`` for a frame the node would refuse.
+    """
+    from .conversions import compressed_to_array, image_to_array
+
+    msg = _ros_message(frame.raw, msgtype)
+    if msgtype == IMAGE:
+        return image_to_array(msg), msg.encoding
+    return compressed_to_array(msg)
 
 
 def _stamp_str(stamp: int) -> str:
@@ -241,7 +259,7 @@ def build_result(opts: EvalOptions, card: Any, checkpoint: Path, device: str, ca
     latencies = [r.latency_ms for r in answered]
     throughput = math.nan
     if answered:
-        span = max(r.received for r in answered) - min(r.sent for r in records if r.sent)
+        span = max(r.received for r in answered) - min(r.sent for r in answered)
         throughput = len(answered) / span if span > 0 else math.nan
     scores = scorer.matrix.compute() if scorer is not None else None
     warnings = list(warnings)
@@ -313,6 +331,10 @@ def print_summary(result: dict[str, Any], file: Any = None) -> None:
           file=file)
     print(f"  latency p50 {fmt(lat['p50'])} ms, p90 {fmt(lat['p90'])} ms, p99 {fmt(lat['p99'])} "
           f"ms; throughput {fmt(result['throughput_fps'])} frames/s", file=file)
+    node = result.get("node_latency_ms")
+    if node and math.isfinite(node["total"]["p50"]):
+        print(f"  inside the node: total p50 {fmt(node['total']['p50'])} ms, inference p50 "
+              f"{fmt(node['inference']['p50'])} ms", file=file)
     for w in result["warnings"]:
         print(f"  warning: {w}", file=file)
 
@@ -367,11 +389,12 @@ def _plan(opts: EvalOptions, reader: BagReader) -> _Plan:
                  labels_without_image, warnings)
 
 
-def _pick_snapshots(stamps: list[int], n: int) -> set[int]:
+def _pick_snapshots(stamps: list[int], n: int) -> dict[int, int]:
+    """Up to ``n`` stamps spread evenly over the drive -> their frame index."""
     if n <= 0 or not stamps:
-        return set()
+        return {}
     idx = np.unique(np.linspace(0, len(stamps) - 1, num=min(n, len(stamps))).round())
-    return {stamps[int(i)] for i in idx}
+    return {stamps[int(i)]: int(i) for i in idx}
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:
@@ -398,62 +421,69 @@ def evaluate(opts: EvalOptions) -> tuple[dict[str, Any], list[tuple[str, np.ndar
 
 def _evaluate_offline(opts: EvalOptions, reader: BagReader, plan: _Plan
                       ) -> tuple[dict[str, Any], list[tuple[str, np.ndarray]]]:
-    from .engine import SegmentationEngine
+    from .engine import DeviceError, SegmentationEngine
 
-    engine = SegmentationEngine(plan.checkpoint, device=opts.device, model_size=opts.size)
+    try:
+        engine = SegmentationEngine(plan.checkpoint, device=opts.device, model_size=opts.size)
+    except DeviceError as e:
+        raise EvalError(str(e)) from None
+    msgtype = reader.topics[plan.camera_topic].msgtype
     scorer = Scorer(plan.card, plan.ground_truth) if plan.label_topic else None
     snapshot_stamps = _pick_snapshots(plan.stamps, opts.overlays)
     snapshots = []
     records: list[FrameRecord] = []
+    bad: list[str] = []
     outputs = frozenset({"label"})
+    warmed = False
     try:
-        frames = camera_frames(reader, plan.camera_topic)
-        first = None
         with _progress(len(plan.stamps), opts.progress, "offline") as bar:
-            for frame in frames:
-                image, encoding = decode_camera(frame.msg)
-                if first is None:  # warm-up runs on the first frame, untimed and unscored
-                    first = frame
-                    for _ in range(opts.warmup):
-                        engine.run(image, encoding=encoding, outputs=outputs)
-                record = FrameRecord(frame.stamp, sent=time.perf_counter())
-                result = engine.run(image, encoding=encoding, outputs=outputs)
-                record.received = time.perf_counter()
+            for frame in camera_frames(reader, plan.camera_topic):
+                record = FrameRecord(frame.stamp)
+                records.append(record)
+                bar.update()
+                try:
+                    image, encoding = decode_camera(frame, msgtype)
+                    if not warmed:  # untimed, unscored runs on the first frame
+                        for _ in range(opts.warmup):
+                            engine.run(image, encoding=encoding, outputs=outputs)
+                        warmed = True
+                    record.sent = time.perf_counter()
+                    result = engine.run(image, encoding=encoding, outputs=outputs)
+                    record.received = time.perf_counter()
+                except ValueError as e:  # conversions.BadImage included: the node drops these
+                    bad.append(f"stamp {_stamp_str(frame.stamp)}: {e}")
+                    continue
                 if scorer is not None:
                     record.scored = scorer.add(frame.stamp, result.label)
                 if frame.stamp in snapshot_stamps:
-                    snapshots.append(_snapshot(frame.stamp, image, encoding, result.label,
-                                               plan.card))
-                records.append(record)
-                bar.update()
-        device = str(getattr(engine, "device", opts.device))
+                    snapshots.append(_snapshot(snapshot_stamps[frame.stamp], image,
+                                               encoding, result.label, plan, frame.stamp))
+        device = str(engine.device)
     finally:
         engine.release()
+    warnings = list(plan.warnings)
+    if bad:
+        warnings.append(f"{len(bad)} camera frame(s) could not be segmented (first: {bad[0]})")
     result = build_result(opts, plan.card, plan.checkpoint, device, plan.camera_topic,
                           plan.label_topic, "every frame in order", records, scorer,
-                          plan.labels_without_image, plan.repeats, plan.warnings,
-                          "the wall time of engine.run per frame (decode excluded)")
+                          plan.labels_without_image, plan.repeats, warnings,
+                          "the wall time of engine.run per frame (message decoding excluded)")
     return result, snapshots
 
 
-def _snapshot(stamp: int, image: np.ndarray, encoding: str, label: np.ndarray, card: Any
-              ) -> tuple[str, np.ndarray]:
-    rgb = image
-    if encoding in ("bgr8", "bgra8"):
-        rgb = image[..., 2::-1]
-    return f"{_stamp_str(stamp)}.png", overlay_image(rgb, label, card.class_colors)
+def _snapshot(index: int, image: np.ndarray, encoding: str, label: np.ndarray, plan: _Plan,
+              stamp: int) -> tuple[str, np.ndarray]:
+    """``frameNNNNN.png``: the prediction overlay, beside the ground-truth overlay if any."""
+    rgb = image[..., 2::-1] if encoding in ("bgr8", "bgra8") else image
+    panels = [overlay_image(rgb, label, plan.card.class_colors)]
+    truth = plan.ground_truth.get(stamp)
+    if truth is not None and truth.shape == label.shape:
+        panels.append(overlay_image(rgb, truth, plan.card.class_colors))
+    return f"frame{index:05d}.png", np.concatenate(panels, axis=1)
 
 
 # ------------------------------------------------------------------------------------------
 # Online: the node over DDS
-
-
-def label_topic_for(camera_topic: str) -> str:
-    """The node's label output for a camera topic: ``<camera namespace>/segmentation/label``."""
-    base = camera_topic[:-len("/compressed")] if camera_topic.endswith("/compressed") \
-        else camera_topic
-    namespace = base.rsplit("/", 1)[0]
-    return f"{namespace}/segmentation/label"
 
 
 def dds_environment(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -467,6 +497,7 @@ def dds_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     if not (env.get("FASTRTPS_DEFAULT_PROFILES_FILE") or env.get("FASTDDS_DEFAULT_PROFILES_FILE")):
         env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
 
@@ -512,10 +543,11 @@ class NodeProcess:
 
 
 class _Replayer:
-    """This process's DDS side: publishes camera messages, collects the node's label answers."""
+    """This process's DDS side: publishes camera messages, collects the node's answers."""
 
-    def __init__(self, camera_topic: str, camera_type: str, label_topic: str,
-                 on_label: Callable[[Any, float], None]) -> None:
+    def __init__(self, camera_topic: str, camera_type: str, label_topic: str, info_topic: str,
+                 on_label: Callable[[Any, float], None], on_info: Callable[[Any], None]
+                 ) -> None:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -526,18 +558,18 @@ class _Replayer:
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("dfanet_bag_eval", context=self.context)
-        msg_type = Image if camera_type == IMAGE else CompressedImage
-        self.camera_topic, self.label_topic = camera_topic, label_topic
+        self.label_topic, self.info_topic = label_topic, info_topic
+        # Reliable, so that a node subscribing reliably gets every frame; a best-effort
+        # subscriber still matches it.
         self.publisher = self.node.create_publisher(
-            msg_type, camera_topic, QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
-        self._on_label = on_label
-        self._qos = QoSProfile
-        self._reliability = ReliabilityPolicy
-        self._image = Image
-        self.subscription = None
+            Image if camera_type == IMAGE else CompressedImage, camera_topic,
+            QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+        self._callbacks = {label_topic: lambda msg: on_label(msg, time.perf_counter()),
+                           info_topic: on_info}
+        self.subscriptions: list[Any] = []
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread = threading.Thread(target=self._spin, name="bag eval DDS", daemon=True)
         self._thread.start()
 
     def _spin(self) -> None:
@@ -546,21 +578,26 @@ class _Replayer:
         except Exception:  # the context shut down under spin(); nothing left to do
             pass
 
-    def subscribe(self) -> None:
-        """Subscribe to the label output with the reliability its publisher offers."""
-        infos = self.node.get_publishers_info_by_topic(self.label_topic)
-        reliable = bool(infos) and all(
-            i.qos_profile.reliability == self._reliability.RELIABLE for i in infos)
-        qos = self._qos(depth=50, reliability=self._reliability.RELIABLE if reliable
-                        else self._reliability.BEST_EFFORT)
-        self.subscription = self.node.create_subscription(
-            self._image, self.label_topic, lambda msg: self._on_label(msg, time.perf_counter()),
-            qos)
-
     def ready(self) -> bool:
-        """Both ends matched: the node subscribes to the camera and publishes the labels."""
+        """The node subscribes to the camera topic and publishes the label topic."""
         return (self.publisher.get_subscription_count() > 0
                 and self.node.count_publishers(self.label_topic) > 0)
+
+    def subscribe(self) -> None:
+        """Subscribe to label and info with the reliability their publishers offer."""
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        from dfanet_ros.msg import SegmentationInfo
+
+        for topic, msg_type in ((self.label_topic, Image), (self.info_topic, SegmentationInfo)):
+            infos = self.node.get_publishers_info_by_topic(topic)
+            reliable = bool(infos) and all(
+                i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in infos)
+            qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE if reliable
+                             else ReliabilityPolicy.BEST_EFFORT)
+            self.subscriptions.append(self.node.create_subscription(
+                msg_type, topic, self._callbacks[topic], qos))
 
     def publish(self, raw: bytes) -> None:
         self.publisher.publish(raw)
@@ -574,10 +611,14 @@ class _Replayer:
 
 
 def _node_command(opts: EvalOptions, plan: _Plan) -> list[str]:
+    """The segmentation node, as its own process, on the bag's camera topic."""
     params = [f"checkpoint:={plan.checkpoint}", f"camera_topics:=[{plan.camera_topic}]",
-              f"device:={opts.device}"]
+              f"device:={opts.device}",
+              # Reliable input: a frame may be replaced by a newer one (counted), never lost
+              # in transport.
+              "input_reliability:=reliable"]
     if opts.size:
-        params.append(f"model_size:=[{opts.size[0]}, {opts.size[1]}]")
+        params += [f"model_height:={opts.size[0]}", f"model_width:={opts.size[1]}"]
     params += opts.node_args
     command = [sys.executable, "-m", "dfanet_ros.segmentation_node", "--ros-args"]
     for p in params:
@@ -602,12 +643,17 @@ def _evaluate_online(opts: EvalOptions, reader: BagReader, plan: _Plan
                      ) -> tuple[dict[str, Any], list[tuple[str, np.ndarray]]]:
     from contextlib import ExitStack
 
-    label_out = normalize_topic(opts.output_topic or label_topic_for(plan.camera_topic))
+    from .segmentation_node import output_topic
+
+    label_out = normalize_topic(opts.output_topic or output_topic(plan.camera_topic, "label"))
+    info_out = label_out.rsplit("/", 1)[0] + "/info"
     camera_type = reader.topics[plan.camera_topic].msgtype
     scorer = Scorer(plan.card, plan.ground_truth) if plan.label_topic else None
     snapshot_stamps = _pick_snapshots(plan.stamps, opts.overlays)
     snapshot_labels: dict[int, np.ndarray] = {}
+    snapshot_images: dict[int, tuple[np.ndarray, str]] = {}
     records: dict[int, FrameRecord] = {}
+    node_info: dict[int, Any] = {}
     warmup_answers: set[int] = set()
     bad_answers: list[str] = []
     cond = threading.Condition()
@@ -622,11 +668,8 @@ def _evaluate_online(opts: EvalOptions, reader: BagReader, plan: _Plan
                 return
             if record.received is not None:  # a repeated answer: the first one counts
                 return
-            record.received = received
         try:
-            if msg.encoding not in LABEL_ENCODINGS:
-                raise ValueError(f"encoding {msg.encoding!r}, expected mono8")
-            label = image_array(msg)
+            label = label_array(msg)
         except ValueError as e:
             bad_answers.append(f"stamp {_stamp_str(stamp)}: {e}")
         else:
@@ -635,7 +678,11 @@ def _evaluate_online(opts: EvalOptions, reader: BagReader, plan: _Plan
             if stamp in snapshot_stamps:
                 snapshot_labels[stamp] = label.copy()
         with cond:
+            record.received = received
             cond.notify_all()
+
+    def on_info(msg: Any) -> None:
+        node_info[header_stamp_ns(msg)] = (msg.total_ms, msg.inference_ms, msg.device)
 
     tmp_dir = None
     if opts.out is not None:
@@ -643,50 +690,49 @@ def _evaluate_online(opts: EvalOptions, reader: BagReader, plan: _Plan
     else:
         tmp_dir = tempfile.TemporaryDirectory(prefix="dfanet-bag-eval-")
         log_path = Path(tmp_dir.name) / "node.log"
-    snapshot_images: dict[int, tuple[np.ndarray, str]] = {}
     with ExitStack() as stack:
         if tmp_dir is not None:
             stack.callback(tmp_dir.cleanup)
         node = None
         if not opts.connect:
             node = stack.enter_context(NodeProcess(_node_command(opts, plan), log_path))
-        replayer = _Replayer(plan.camera_topic, camera_type, label_out, on_label)
+        replayer = _Replayer(plan.camera_topic, camera_type, label_out, info_out, on_label,
+                             on_info)
         stack.callback(replayer.close)
 
-        def node_failed() -> EvalError:
-            return EvalError(f"the segmentation node exited with code {node.proc.returncode} "
-                             f"(log {log_path}):\n{node.tail()}")
+        def check_node() -> None:
+            if node is not None and not node.alive():
+                raise EvalError(f"the segmentation node exited with code "
+                                f"{node.proc.returncode} (log {log_path}):\n{node.tail()}")
 
-        # Start-up: both ends matched, then warm-up frames (re-stamped, never scored) until
-        # the node answers; this also covers discovery that completes on one side first.
+        # Start-up: both ends matched, then warm-up frames (re-stamped, never scored or timed)
+        # until the node answers; resending covers discovery that completed on one side first.
         deadline = time.monotonic() + opts.startup_timeout
         while not replayer.ready():
-            if node is not None and not node.alive():
-                raise node_failed()
+            check_node()
             if time.monotonic() > deadline:
-                raise EvalError(f"no segmentation node answered within {opts.startup_timeout:g} "
-                                f"s: nobody subscribes to {plan.camera_topic} and publishes "
-                                f"{label_out}" + (f" (node log {log_path}:\n{node.tail()})"
-                                                  if node is not None else ""))
+                raise EvalError(
+                    f"no segmentation node within {opts.startup_timeout:g} s: nobody subscribes "
+                    f"to {plan.camera_topic} and publishes {label_out}"
+                    + (f" (node log {log_path}:\n{node.tail()})" if node is not None else ""))
             time.sleep(0.1)
         replayer.subscribe()
         frames = camera_frames(reader, plan.camera_topic)
         first = next(frames)
         taken = set(plan.stamps) | set(plan.ground_truth)
         warm_stamps = [s for s in range(first.stamp - 1000, first.stamp) if s not in taken]
-        for k in range(opts.warmup if opts.warmup > 0 else 1):
+        for k in range(max(1, opts.warmup)):
             stamp = warm_stamps[-1 - k]
             raw = _restamp(first, stamp)
             while True:
                 replayer.publish(raw)
                 with cond:
-                    if cond.wait_for(lambda s=stamp: s in warmup_answers, timeout=1.0):
+                    if cond.wait_for(lambda s=stamp: s in warmup_answers, timeout=5.0):
                         break
-                if node is not None and not node.alive():
-                    raise node_failed()
+                check_node()
                 if time.monotonic() > deadline:
-                    raise EvalError(f"the segmentation node did not answer a warm-up frame "
-                                    f"on {label_out} within {opts.startup_timeout:g} s")
+                    raise EvalError(f"the segmentation node did not answer a warm-up frame on "
+                                    f"{label_out} within {opts.startup_timeout:g} s")
 
         if opts.as_fast_as_possible:
             pacing = "as fast as possible, one frame in flight"
@@ -694,14 +740,10 @@ def _evaluate_online(opts: EvalOptions, reader: BagReader, plan: _Plan
             pacing = f"{opts.rate:g} frames/s"
         else:
             pacing = "the recorded rate"
-        sent_order: list[FrameRecord] = []
+        sent: list[FrameRecord] = []
         t_start = time.perf_counter()
         with _progress(len(plan.stamps), opts.progress, "online") as bar:
-            def all_frames() -> Iterator[CameraFrame]:
-                yield first
-                yield from frames
-
-            for i, frame in enumerate(all_frames()):
+            for i, frame in enumerate(itertools.chain([first], frames)):
                 if not opts.as_fast_as_possible:
                     offset = (i / opts.rate if opts.rate
                               else (frame.bag_time - first.bag_time) / 1e9)
@@ -713,9 +755,9 @@ def _evaluate_online(opts: EvalOptions, reader: BagReader, plan: _Plan
                     records[frame.stamp] = record
                     record.sent = time.perf_counter()
                 replayer.publish(frame.raw)
-                sent_order.append(record)
+                sent.append(record)
                 if frame.stamp in snapshot_stamps:
-                    snapshot_images[frame.stamp] = decode_camera(frame.msg)
+                    snapshot_images[frame.stamp] = decode_camera(frame, camera_type)
                 if opts.as_fast_as_possible:
                     with cond:
                         cond.wait_for(lambda r=record: r.received is not None,
@@ -723,25 +765,32 @@ def _evaluate_online(opts: EvalOptions, reader: BagReader, plan: _Plan
                     if record.received is None:
                         log.warning("no answer for the frame at stamp %s within %g s; counted "
                                     "as dropped", _stamp_str(frame.stamp), opts.timeout)
-                if node is not None and not node.alive():
-                    raise node_failed()
+                check_node()
                 bar.update()
             # The node answers in order: once the last frame is answered (or the time is up),
             # anything still unanswered was dropped.
-            last = sent_order[-1]
             with cond:
-                cond.wait_for(lambda: last.received is not None, timeout=opts.timeout)
-            time.sleep(0.05)  # let a callback in progress finish scoring
-        device = opts.device
+                cond.wait_for(lambda: sent[-1].received is not None, timeout=opts.timeout)
+        time.sleep(0.1)  # the info message follows its label
+        # Stop spinning before reading what the callbacks wrote.
+        stack.pop_all().close()
     warnings = list(plan.warnings)
     if bad_answers:
         warnings.append(f"{len(bad_answers)} answer(s) could not be read as labels (first: "
                         f"{bad_answers[0]})")
-    snapshots = [_snapshot(s, *snapshot_images[s], snapshot_labels[s], plan.card)
+    devices = {info[2] for info in node_info.values()}
+    device = ", ".join(sorted(devices)) if devices else f"{opts.device} (not reported)"
+    snapshots = [_snapshot(snapshot_stamps[s], *snapshot_images[s], snapshot_labels[s], plan, s)
                  for s in sorted(snapshot_labels) if s in snapshot_images]
     result = build_result(opts, plan.card, plan.checkpoint, device, plan.camera_topic,
-                          plan.label_topic, pacing, sent_order, scorer,
+                          plan.label_topic, pacing, sent, scorer,
                           plan.labels_without_image, plan.repeats, warnings,
                           "from publishing the camera message to receiving the node's label "
                           "message, both in the evaluating process")
+    answered = [node_info[r.stamp] for r in sent if r.stamp in node_info]
+    result["node_latency_ms"] = {
+        "total": percentiles([a[0] for a in answered]),
+        "inference": percentiles([a[1] for a in answered]),
+        "definition": "the node's own SegmentationInfo: total is its subscription callback "
+                      "to the last publish; inference is the engine alone"}
     return result, snapshots

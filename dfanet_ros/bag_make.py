@@ -3,7 +3,7 @@
 The camera topic carries ``sensor_msgs/Image`` (rgb8) or, with ``compressed``,
 ``sensor_msgs/CompressedImage`` holding each source file's own JPEG/PNG bytes; when labels exist,
 a ground-truth topic carries ``mono8`` class-id images with the same header stamps.  Frames go in
-sequence order (natural sort of the file names) at a fixed rate.
+sequence order (file name order; for CamVid test: 0001TP, then Seq05VD) at a fixed rate.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import io
 import os
 import re
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,7 @@ class MadeBag:
     label_topic: str | None
     rate: float
     storage: str
+    dataset: str | None  # the dataset layout read, None for a plain image folder
 
 
 def _natural_key(path: Path) -> list:
@@ -59,28 +61,81 @@ def _images_in(folder: Path) -> list[Path]:
                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
 
 
-def find_frames(source: str | os.PathLike, split: str = "test") -> list[Frame]:
-    """The frames of ``source`` in sequence order, each with its label file where one exists.
+def find_frames(folder: str | os.PathLike) -> list[Frame]:
+    """The images of a plain folder in sequence order, each with its label file if one exists.
 
-    ``source`` is either a dataset root in the SegNet layout (``<split>/`` images beside
-    ``<split>annot/`` labels of the same stem) or a plain image folder (labels are taken from a
-    sibling ``<folder>annot/`` when there is one).
+    Labels (raw class ids, written unchanged) come from a sibling ``<folder>annot/`` with files
+    of the same stem, as in the SegNet layout; images without one get no label.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"source {folder}: not a directory")
+    images = _images_in(folder)
+    if not images:
+        raise FileNotFoundError(f"source {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) "
+                                "found")
+    labels_dir = folder.parent / f"{folder.name}annot"
+    labels = {p.stem: p for p in _images_in(labels_dir)} if labels_dir.is_dir() else {}
+    return [Frame(p, labels.get(p.stem)) for p in images]
+
+
+def detect_dataset(source: Path, split: str) -> str | None:
+    """The dataset layout of ``source`` for ``split``, or None for a plain image folder."""
+    if (source / "leftImg8bit" / split).is_dir():
+        return "cityscapes"
+    if (source / split).is_dir():
+        return "camvid"
+    return None
+
+
+@dataclass
+class FrameSource:
+    """Image files in sequence order and a reader of frame i: (RGB (H, W, 3), label or None)."""
+
+    images: list[Path]
+    has_labels: bool
+    read: Callable[[int], tuple[np.ndarray, np.ndarray | None]]
+    dataset: str | None
+
+
+def open_source(source: str | os.PathLike, split: str = "test", dataset: str | None = None
+                ) -> FrameSource:
+    """The frames of a dataset split or of a plain image folder (see ``find_frames``).
+
+    A dataset root (CamVid's SegNet layout ``<split>/`` + ``<split>annot/``, or Cityscapes'
+    ``leftImg8bit/`` + ``gtFine/``) is read by ``dfanet_model.data``: labels become the train
+    ids of the dataset's class table, void its ignore value.
     """
     source = Path(source)
     if not source.is_dir():
         raise FileNotFoundError(f"source {source}: not a directory")
-    if (source / split).is_dir():
-        images_dir, labels_dir = source / split, source / f"{split}annot"
-    else:
-        images_dir, labels_dir = source, source.parent / f"{source.name}annot"
-    images = _images_in(images_dir)
-    if not images:
-        raise FileNotFoundError(f"source {images_dir}: no images "
-                                f"({', '.join(IMAGE_SUFFIXES)}) found")
-    labels = {}
-    if labels_dir.is_dir():
-        labels = {p.stem: p for p in _images_in(labels_dir)}
-    return [Frame(p, labels.get(p.stem)) for p in images]
+    dataset = dataset or detect_dataset(source, split)
+    if dataset is not None:
+        from dfanet_model.data import open_split
+
+        data = open_split(dataset, source, split, workers=1)
+
+        def read_split(i: int) -> tuple[np.ndarray, np.ndarray | None]:
+            images, labels = data.decode([i])
+            return images[0].numpy(), labels[0].numpy()
+
+        return FrameSource([image for image, _ in data.files], True, read_split, dataset)
+
+    frames = find_frames(source)
+
+    def read_folder(i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        frame = frames[i]
+        rgb = _read_rgb(frame.image)
+        if frame.label is None:
+            return rgb, None
+        label = _read_label(frame.label)
+        if label.shape != rgb.shape[:2]:
+            raise ValueError(f"label {frame.label}: size {label.shape[0]}x{label.shape[1]} "
+                             f"differs from its image's {rgb.shape[0]}x{rgb.shape[1]}")
+        return rgb, label
+
+    return FrameSource([f.image for f in frames], any(f.label for f in frames), read_folder,
+                       None)
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -110,52 +165,45 @@ def _compressed_bytes(path: Path) -> tuple[bytes, str]:
 
 
 def make_bag(out: str | os.PathLike, source: str | os.PathLike, *, split: str = "test",
-             rate: float = 15.0, storage: str = "mcap", compressed: bool = False,
-             topic: str = DEFAULT_TOPIC, label_topic: str = DEFAULT_LABEL_TOPIC,
-             frame_id: str = "camera", limit: int | None = None,
-             start_ns: int | None = None, progress: bool = False) -> MadeBag:
-    """Write the frames of ``source`` (see ``find_frames``) into a new bag at ``out``."""
+             dataset: str | None = None, rate: float = 15.0, storage: str = "mcap",
+             compressed: bool = False, topic: str = DEFAULT_TOPIC,
+             label_topic: str = DEFAULT_LABEL_TOPIC, frame_id: str = "camera",
+             limit: int | None = None, start_ns: int | None = None,
+             progress: bool = False) -> MadeBag:
+    """Write the frames of ``source`` (see ``open_source``) into a new bag at ``out``."""
     if not rate > 0:
         raise ValueError(f"rate must be positive, got {rate}")
-    frames = find_frames(source, split)
+    frames = open_source(source, split, dataset)
+    count = len(frames.images)
     if limit is not None:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
-        frames = frames[:limit]
+        count = min(count, limit)
     if compressed and not topic.rstrip("/").endswith("/compressed"):
         topic = topic.rstrip("/") + "/compressed"
     if start_ns is None:
         start_ns = int(time.time()) * 1_000_000_000
     period_ns = round(1e9 / rate)
     n_labels = 0
-    iterator = frames
+    indices: Iterable[int] = range(count)
     if progress:
         from tqdm import tqdm
-        iterator = tqdm(frames, desc="bag make", unit="frame")
+        indices = tqdm(indices, desc="bag make", unit="frame")
     with BagWriter(out, storage) as writer:
         writer.add_topic(topic, COMPRESSED_IMAGE if compressed else IMAGE)
-        if any(f.label is not None for f in frames):
+        if frames.has_labels:
             writer.add_topic(label_topic, IMAGE)
-        for i, frame in enumerate(iterator):
+        for i in indices:
             stamp = start_ns + i * period_ns
+            rgb, label = frames.read(i)
             if compressed:
-                data, fmt = _compressed_bytes(frame.image)
+                data, fmt = _compressed_bytes(frames.images[i])
                 writer.write(topic, compressed_message(data, fmt, stamp, frame_id), stamp)
-                if frame.label is not None:
-                    from PIL import Image
-                    with Image.open(frame.image) as im:
-                        size = (im.height, im.width)
             else:
-                rgb = _read_rgb(frame.image)
                 writer.write(topic, image_message(rgb, "rgb8", stamp, frame_id), stamp)
-                size = rgb.shape[:2]
-            if frame.label is not None:
-                label = _read_label(frame.label)
-                if label.shape != size:
-                    raise ValueError(f"label {frame.label}: size {label.shape[0]}x"
-                                     f"{label.shape[1]} differs from its image's "
-                                     f"{size[0]}x{size[1]}")
+            if label is not None:
                 writer.write(label_topic, image_message(label, "mono8", stamp, frame_id), stamp)
                 n_labels += 1
-    return MadeBag(Path(out), len(frames), n_labels, normalize_topic(topic),
-                   normalize_topic(label_topic) if n_labels else None, rate, storage)
+    return MadeBag(Path(out), count, n_labels, normalize_topic(topic),
+                   normalize_topic(label_topic) if n_labels else None, rate, storage,
+                   frames.dataset)

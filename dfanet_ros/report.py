@@ -6,7 +6,8 @@ Layout of ``REPORT_DIR``::
     summary.md      the numbers a person reads first, linking the pictures below
     iou.png         per-class IoU bars with the mIoU line
     latency.png     latency per frame over time, and its histogram
-    overlays/       a few frames: camera image blended with the predicted colour mask
+    overlays/       a few frames: the camera image blended with the predicted class colours,
+                    beside the same blend of the ground truth (void: black)
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def _json_safe(obj: Any) -> Any:
 
 
 def summary_markdown(result: dict[str, Any], pictures: bool = True) -> str:
-    """The human-readable summary of an evaluation result (see ``bag_eval.EvalResult``)."""
+    """The human-readable summary of an evaluation result (see ``bag_eval.build_result``)."""
     f, lat = result["frames"], result["latency_ms"]
     lines = [
         f"# Bag evaluation: {Path(result['bag']).name}",
@@ -81,6 +82,16 @@ def summary_markdown(result: dict[str, Any], pictures: bool = True) -> str:
         f"{_fmt(lat['p90'])} / {_fmt(lat['p99'])} | {_fmt(result['throughput_fps'])} |",
         "",
         f"Latency is {result['latency_definition']}.",
+    ]
+    node = result.get("node_latency_ms")
+    if node and math.isfinite(node["total"]["p50"]):
+        lines += [
+            "",
+            f"Inside the node ({node['definition']}): total p50 {_fmt(node['total']['p50'])} / "
+            f"p99 {_fmt(node['total']['p99'])} ms, inference p50 "
+            f"{_fmt(node['inference']['p50'])} / p99 {_fmt(node['inference']['p99'])} ms.",
+        ]
+    lines += [
         "",
         "| class | IoU (%) | accuracy (%) |",
         "|---|---|---|",
@@ -105,7 +116,8 @@ def plot_iou(result: dict[str, Any], path: str | os.PathLike) -> None:
             for c in result["per_class"]]
     colors = [np.asarray(c["color"]) / 255.0 for c in result["per_class"]]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(names) + 2), 4.0))
-    ax.bar(range(len(names)), ious, color=colors, edgecolor="black", linewidth=0.5)
+    bars = ax.bar(range(len(names)), ious, color=colors, edgecolor="black", linewidth=0.5)
+    ax.bar_label(bars, labels=[f"{v:.1f}" for v in ious], fontsize=8, padding=2)
     if math.isfinite(result["miou"]):
         ax.axhline(100 * result["miou"], color="red", linestyle="--",
                    label=f"mIoU {100 * result['miou']:.1f}%")
@@ -135,7 +147,7 @@ def plot_latency(result: dict[str, Any], path: str | os.PathLike) -> None:
         for key, style in (("p50", "-"), ("p90", "--"), ("p99", ":")):
             value = result["latency_ms"][key]
             ax_h.axvline(value, color="red", linestyle=style, label=f"{key} {value:.1f} ms")
-        ax_h.legend(loc="upper right")
+        ax_h.legend(loc="best")
     dropped = [r["sent_s"] for r in result["per_frame"] if r["latency_ms"] is None]
     if dropped:
         ax_t.plot(dropped, [0] * len(dropped), "rx", label=f"dropped ({len(dropped)})")

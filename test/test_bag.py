@@ -17,12 +17,12 @@ from dfanet_ros.bag import (
     BagWriter,
     compressed_message,
     header_stamp_ns,
-    image_array,
     image_message,
     typestore,
 )
 from dfanet_ros.bag_eval import resolve_camera_topic
 from dfanet_ros.bag_make import find_frames, make_bag
+from dfanet_ros.conversions import image_to_array
 
 STORAGE_SUFFIX = {"mcap": ".mcap", "sqlite3": ".db3"}
 T0 = 1_700_000_000_123_456_789
@@ -60,8 +60,8 @@ def test_round_trip_keeps_stamps_encodings_and_bytes(tmp_path, storage):
         assert header_stamp_ns(img) == header_stamp_ns(lbl) == header_stamp_ns(c) == stamp
         assert (img.encoding, img.step, img.header.frame_id) == ("rgb8", 21, "cam")
         assert lbl.encoding == "mono8"
-        np.testing.assert_array_equal(image_array(img), rgb + i)
-        np.testing.assert_array_equal(image_array(lbl), mono)
+        np.testing.assert_array_equal(image_to_array(img), rgb + i)
+        np.testing.assert_array_equal(image_to_array(lbl)[:, :, 0], mono)
         assert (c.format, bytes(c.data)) == ("jpeg", jpeg)
 
 
@@ -120,7 +120,7 @@ def test_reads_the_camera_of_a_bag_with_other_topics(tmp_path, storage):
         assert resolve_camera_topic(reader, None, "/camera/label_gt") == "/front/image_raw"
         frames = list(reader.messages("/front/image_raw"))
         imu = list(reader.messages("/imu"))
-    assert [image_array(m)[0, 0, 0] for _, m in frames] == [7, 9, 11]
+    assert [image_to_array(m)[0, 0, 0] for _, m in frames] == [7, 9, 11]
     assert [t for t, _ in frames] == [T0 + 1, T0 + 20_000_001, T0 + 40_000_001]
     assert len(imu) == 6 and imu[0][1].linear_acceleration.z == pytest.approx(9.8)
 
@@ -177,10 +177,10 @@ def test_make_writes_a_split_in_sequence_order_with_matching_labels(tmp_path, sa
     for (_, img), (_, lbl), f in zip(images, labels, files, strict=True):
         assert header_stamp_ns(img) == header_stamp_ns(lbl)
         assert (img.encoding, lbl.encoding, img.header.frame_id) == ("rgb8", "mono8", "camera")
-        np.testing.assert_array_equal(image_array(img),
+        np.testing.assert_array_equal(image_to_array(img),
                                       np.asarray(PILImage.open(f).convert("RGB")))
         np.testing.assert_array_equal(
-            image_array(lbl), np.asarray(PILImage.open(sample_camvid / "testannot" /
+            image_to_array(lbl)[:, :, 0], np.asarray(PILImage.open(sample_camvid / "testannot" /
                                                        f"{f.stem}.png")))
 
 
@@ -207,7 +207,7 @@ def test_find_frames_orders_naturally_and_pairs_labels(tmp_path):
     assert [f.label.name if f.label else None for f in frames] == [None, "f2.png", None]
 
 
-def test_make_rejects_bad_sources(tmp_path):
+def test_make_rejects_bad_sources(tmp_path, sample_camvid):
     with pytest.raises(FileNotFoundError, match="not a directory"):
         make_bag(tmp_path / "bag", tmp_path / "missing")
     (tmp_path / "empty").mkdir()
@@ -221,6 +221,25 @@ def test_make_rejects_bad_sources(tmp_path):
     with pytest.raises(ValueError, match=r"label .*a.png: size 5x4 differs from its image's 3x4"):
         make_bag(tmp_path / "bag", images)
     assert not (tmp_path / "bag").exists()
+    with pytest.raises(ValueError, match="CamVid split 'nosuch'"):
+        make_bag(tmp_path / "bag", sample_camvid, split="nosuch", dataset="camvid")
+
+
+def test_make_reads_cityscapes_labels_as_train_ids(tmp_path):
+    root = tmp_path / "cityscapes"
+    (root / "leftImg8bit" / "val" / "ulm").mkdir(parents=True)
+    (root / "gtFine" / "val" / "ulm").mkdir(parents=True)
+    ids = np.array([[7, 26, 0, 23]], np.uint8)  # road, car, unlabeled, sky
+    for name in ("ulm_000001_000019", "ulm_000000_000019"):
+        PILImage.fromarray(np.full((1, 4, 3), 50, np.uint8)).save(
+            root / "leftImg8bit" / "val" / "ulm" / f"{name}_leftImg8bit.png")
+        PILImage.fromarray(ids).save(
+            root / "gtFine" / "val" / "ulm" / f"{name}_gtFine_labelIds.png")
+    made = make_bag(tmp_path / "bag", root, split="val", start_ns=T0)
+    assert (made.dataset, made.frames, made.labels) == ("cityscapes", 2, 2)
+    with BagReader(made.path) as reader:
+        labels = [image_to_array(m)[:, :, 0] for _, m in reader.messages("/camera/label_gt")]
+    np.testing.assert_array_equal(labels[0], [[0, 13, 255, 10]])
 
 
 def test_bag_make_command(tmp_path, sample_camvid):
@@ -230,7 +249,8 @@ def test_bag_make_command(tmp_path, sample_camvid):
          str(sample_camvid), "--storage", "sqlite3", "--rate", "5", "--limit", "2"],
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "2 frames on /camera/image_raw at 5 Hz, 2 ground-truth labels" in result.stdout
+    assert ("from the camvid test: 2 frames on /camera/image_raw at 5 Hz, 2 ground-truth "
+            "labels on /camera/label_gt") in result.stdout
     assert (out / "metadata.yaml").is_file()
     again = subprocess.run(
         [sys.executable, "-m", "dfanet_model.cli", "bag", "make", str(out), "--from",
