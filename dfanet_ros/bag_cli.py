@@ -145,6 +145,9 @@ def run_eval(args: argparse.Namespace) -> int:
     except (BagError, CheckpointError, EvalError) as e:
         print(f"dfanet bag eval: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the node process has been stopped on the way out
+        print("dfanet bag eval: interrupted", file=sys.stderr)
+        return 130
     print_summary(result)
     write_report(opts.out, result, snapshots)
     print(f"report: {opts.out}")

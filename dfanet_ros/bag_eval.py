@@ -643,8 +643,13 @@ def _evaluate_online(opts: EvalOptions, reader: BagReader, plan: _Plan
                      ) -> tuple[dict[str, Any], list[tuple[str, np.ndarray]]]:
     from contextlib import ExitStack
 
+    import torch
+
     from .segmentation_node import output_topic
 
+    # This process only scores labels (a few ms a frame on one thread); more threads contend
+    # with the node for the CPU and, on a busy machine, made scoring 10x slower, not faster.
+    torch.set_num_threads(1)
     label_out = normalize_topic(opts.output_topic or output_topic(plan.camera_topic, "label"))
     info_out = label_out.rsplit("/", 1)[0] + "/info"
     camera_type = reader.topics[plan.camera_topic].msgtype
@@ -658,6 +663,8 @@ def _evaluate_online(opts: EvalOptions, reader: BagReader, plan: _Plan
     bad_answers: list[str] = []
     cond = threading.Condition()
 
+    scoring = [0]  # answers being scored right now
+
     def on_label(msg: Any, received: float) -> None:
         stamp = header_stamp_ns(msg)
         with cond:
@@ -668,6 +675,10 @@ def _evaluate_online(opts: EvalOptions, reader: BagReader, plan: _Plan
                 return
             if record.received is not None:  # a repeated answer: the first one counts
                 return
+            # Answered: the next frame may leave while this one is scored.
+            record.received = received
+            scoring[0] += 1
+            cond.notify_all()
         try:
             label = label_array(msg)
         except ValueError as e:
@@ -677,9 +688,10 @@ def _evaluate_online(opts: EvalOptions, reader: BagReader, plan: _Plan
                 record.scored = scorer.add(stamp, label)
             if stamp in snapshot_stamps:
                 snapshot_labels[stamp] = label.copy()
-        with cond:
-            record.received = received
-            cond.notify_all()
+        finally:
+            with cond:
+                scoring[0] -= 1
+                cond.notify_all()
 
     def on_info(msg: Any) -> None:
         node_info[header_stamp_ns(msg)] = (msg.total_ms, msg.inference_ms, msg.device)
@@ -771,6 +783,7 @@ def _evaluate_online(opts: EvalOptions, reader: BagReader, plan: _Plan
             # anything still unanswered was dropped.
             with cond:
                 cond.wait_for(lambda: sent[-1].received is not None, timeout=opts.timeout)
+                cond.wait_for(lambda: scoring[0] == 0, timeout=60.0)
         time.sleep(0.1)  # the info message follows its label
         # Stop spinning before reading what the callbacks wrote.
         stack.pop_all().close()
