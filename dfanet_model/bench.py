@@ -67,6 +67,7 @@ class Result:
     vs_eager: float | None  # eager median / this median, same run
     max_abs_diff: float | None  # against eager fp32 logits (None for label outputs)
     argmax_agreement: float  # fraction of pixels whose class equals eager's
+    first_call_s: float  # build + first call: export, compilation, graph capture
     times_ms: list[float] = field(repr=False, default_factory=list)
 
 
@@ -128,8 +129,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--checkpoint", type=Path, default=None,
                    help="time these weights instead of random ones (variant from the card)")
     m.add_argument("--compile-mode", default=None,
-                   help="torch.compile mode, e.g. max-autotune-no-cudagraphs (default: its "
-                        "default; CUDA graphs are captured by the bench itself)")
+                   choices=["default", "reduce-overhead", "max-autotune",
+                            "max-autotune-no-cudagraphs"],
+                   help="torch.compile mode (default: default).  On CUDA the bench captures "
+                        "its own CUDA graph, except under reduce-overhead and max-autotune, "
+                        "which record their own")
     m.add_argument("--json", type=Path, default=None, help="also write the results here")
     e = sub.add_parser("engine", help="dfanet_ros.engine: uint8 frame to label/colour/overlay",
                        description="Time SegmentationEngine.run on host uint8 frames (the "
@@ -167,6 +171,20 @@ def _normalise(image: torch.Tensor, card: ModelCard) -> torch.Tensor:
 Runner = tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]
 
 
+# torch.compile modes that record CUDA graphs themselves (cudagraph trees): no capture of ours.
+_COMPILE_MODES_WITH_GRAPHS = ("reduce-overhead", "max-autotune")
+
+
+def _graph_tree_step(fn: Callable[[torch.Tensor], torch.Tensor]
+                     ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Call a module compiled with CUDA graphs, marking each call a new step (its outputs may
+    be overwritten by the next call, as with our own graphs)."""
+    def step(x: torch.Tensor) -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()
+        return fn(x)
+    return step
+
+
 def _build(mode: str, model: nn.Module, card: ModelCard, device: torch.device,
            image: torch.Tensor, x: torch.Tensor, compile_mode: str | None) -> Runner:
     """A callable and the input it takes (float NCHW or uint8 NHWC) for one mode."""
@@ -185,7 +203,11 @@ def _build(mode: str, model: nn.Module, card: ModelCard, device: torch.device,
     if mode == "compile":
         prepared = prepare_for_inference(model, device, half=cuda, backend="compile",
                                          compile_mode=compile_mode)
-        return (capture_cuda_graph(prepared, x) if cuda else prepared), x
+        if not cuda:
+            return prepared, x
+        if compile_mode in _COMPILE_MODES_WITH_GRAPHS:
+            return _graph_tree_step(prepared), x
+        return capture_cuda_graph(prepared, x), x
     if mode == "labels":
         if not cuda:
             return ImageToLabels(prepare_for_inference(model, device), card.mean, card.std), image
@@ -196,6 +218,8 @@ def _build(mode: str, model: nn.Module, card: ModelCard, device: torch.device,
         prepared = prepare_for_inference(model, device, half=True, backend="eager")
         pipeline = ImageToLabels(prepared, card.mean, card.std, torch.float16).to(device)
         compiled = torch.compile(pipeline, mode=compile_mode, dynamic=False)
+        if compile_mode in _COMPILE_MODES_WITH_GRAPHS:
+            return _graph_tree_step(compiled), image
         return capture_cuda_graph(compiled, image), image
     raise ValueError(f"unknown mode {mode!r}")
 
@@ -239,8 +263,13 @@ def _percentile(values: list[float], q: float) -> float:
 def bench_model(variant: str, size: tuple[int, int], batch: int, modes: list[str],
                 device: torch.device, iters: int, warmup: int, num_classes: int = 19,
                 checkpoint: Path | None = None, compile_mode: str | None = None,
-                log: Callable[[str], None] = print) -> list[Result]:
-    """Time ``modes`` of one (variant, size, batch) side by side; see the module docstring."""
+                log: Callable[[str], None] = print,
+                failures: list[dict[str, Any]] | None = None) -> list[Result]:
+    """Time ``modes`` of one (variant, size, batch) side by side; see the module docstring.
+
+    A mode that fails to build or run is reported through ``log`` (and ``failures``) and
+    left out, so one broken path does not cost the figures of the others.
+    """
     if checkpoint is not None:
         model, card = load_model(checkpoint, device)
     else:
@@ -254,33 +283,60 @@ def bench_model(variant: str, size: tuple[int, int], batch: int, modes: list[str
     with torch.inference_mode():
         reference = model(x).float()
     ref_labels = reference.argmax(1)
+    if any("compile" in m for m in modes):
+        # A fresh start per configuration: every compiled DFANet shares one forward code
+        # object, and past dynamo's recompile limit it would silently fall back to eager.
+        torch._dynamo.reset()
     runners: dict[str, Runner] = {"eager": (model, x)}
-    checks: dict[str, tuple[float | None, float]] = {}
+    checks: dict[str, tuple[float | None, float, float]] = {}
     for mode in ["eager", *modes]:
+        if mode in checks:
+            continue
         t0 = time.perf_counter()
-        if mode not in runners:
-            runners[mode] = _build(mode, model, card, device, image, x, compile_mode)
-        fn, inp = runners[mode]
-        with torch.inference_mode():
-            out = fn(inp)  # the first call: exports and compilations happen here
+        try:
+            if mode not in runners:
+                runners[mode] = _build(mode, model, card, device, image, x, compile_mode)
+            fn, inp = runners[mode]
+            with torch.inference_mode():
+                out = fn(inp)  # the first call: exports and compilations happen here
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        except Exception as e:  # noqa: BLE001 - report any failure of a path and go on
+            if mode == "eager":
+                raise
+            runners.pop(mode, None)
+            message = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            log(f"  {mode}: FAILED ({message})")
+            if failures is not None:
+                failures.append({"variant": variant, "height": size[0], "width": size[1],
+                                 "batch": batch, "mode": mode, "error": message})
+            continue
+        first_call_s = time.perf_counter() - t0
         if out.dtype == torch.uint8:  # labels
-            checks[mode] = (None, (out.long() == ref_labels).float().mean().item())
+            checks[mode] = (None, (out.long() == ref_labels).float().mean().item(),
+                            first_call_s)
         else:
             out = out.float()
             checks[mode] = ((out - reference).abs().max().item(),
-                            (out.argmax(1) == ref_labels).float().mean().item())
+                            (out.argmax(1) == ref_labels).float().mean().item(), first_call_s)
         if mode != "eager":
-            log(f"  {mode}: built and first call in {time.perf_counter() - t0:.1f} s")
+            log(f"  {mode}: built and first call in {first_call_s:.1f} s")
     times = _time_interleaved(runners, iters, warmup, device)
+    del runners  # frees CUDA graphs and their memory pools before the next configuration
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     eager_median = statistics.median(times["eager"])
     results = []
-    for name in [m for m in modes if m in runners] + (["eager"] if "eager" not in modes else []):
+    for name in (["eager"] if "eager" not in modes else []) + modes:
+        if name not in times:
+            continue
         t = times[name]
         median = statistics.median(t)
+        diff, agreement, first_call_s = checks[name]
         results.append(Result(
             variant, size[0], size[1], batch, name, str(device), len(t), median,
             _percentile(t, 0.1), _percentile(t, 0.9), batch * 1000.0 / median,
-            eager_median / median, checks[name][0], checks[name][1], t))
+            eager_median / median, diff, agreement, first_call_s, t))
     return results
 
 
@@ -332,9 +388,11 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-def _write_json(path: Path, device: torch.device, results: list[Any]) -> None:
+def _write_json(path: Path, device: torch.device, results: list[Any],
+                failures: list[dict[str, Any]] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": machine_info(device), "results": [asdict(r) for r in results]}
+    payload = {"machine": machine_info(device), "results": [asdict(r) for r in results],
+               "failures": failures or []}
     path.write_text(json.dumps(payload, indent=1) + "\n")
     print(f"wrote {path}")
 
@@ -369,18 +427,24 @@ def run_model(args: argparse.Namespace) -> int:
           + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "")
           + f"); {warmup} warm-up + {iters} timed calls per mode, interleaved")
     results: list[Result] = []
+    failures: list[dict[str, Any]] = []
     for variant in variants:
         for size in args.sizes:
             for batch in args.batch:
                 print(f"DFANet {variant} {size[0]}x{size[1]} batch {batch}", flush=True)
-                results += bench_model(variant, size, batch, modes, device, iters, warmup,
-                                       args.classes, args.checkpoint, args.compile_mode)
-                print(format_table(results[-len(modes) - ("eager" not in modes):]), flush=True)
+                done = bench_model(variant, size, batch, modes, device, iters, warmup,
+                                   args.classes, args.checkpoint, args.compile_mode,
+                                   failures=failures)
+                results += done
+                print(format_table(done), flush=True)
     print()
     print(format_table(results))
+    for f in failures:
+        print(f"FAILED: DFANet {f['variant']} {f['height']}x{f['width']} batch {f['batch']} "
+              f"{f['mode']}: {f['error']}")
     if args.json:
-        _write_json(args.json, device, results)
-    return 0
+        _write_json(args.json, device, results, failures)
+    return 1 if failures else 0
 
 
 # --------------------------------------------------------------------------- engine bench

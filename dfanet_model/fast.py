@@ -232,16 +232,18 @@ def capture_cuda_graph(fn: Callable[[torch.Tensor], torch.Tensor], example: torc
         raise ValueError(f"CUDA graphs need a CUDA tensor, got one on {example.device}")
     static_in = example.clone()
     # Warm up on a side stream, as torch.cuda.graph's documentation asks: lazy initialisation
-    # (cuDNN algorithm search, compilation) must happen before capture.
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
+    # (cuDNN algorithm search, library handles and workspaces, compilation) must happen before
+    # capture.  Capturing on that same stream finds the per-stream handles already made.
+    side = torch.cuda.Stream(device=example.device)
+    side.wait_stream(torch.cuda.current_stream(example.device))
     with torch.no_grad(), torch.cuda.stream(side):
         for _ in range(warmup):
             fn(static_in)
-    torch.cuda.current_stream().wait_stream(side)
+    side.synchronize()
     graph = torch.cuda.CUDAGraph()
-    with torch.no_grad(), torch.cuda.graph(graph):
+    with torch.no_grad(), torch.cuda.graph(graph, stream=side):
         static_out = fn(static_in)
+    torch.cuda.current_stream(example.device).wait_stream(side)
 
     def replay(x: torch.Tensor) -> torch.Tensor:
         if x.shape != static_in.shape or x.dtype != static_in.dtype:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 
 def dfanet(*args: str) -> subprocess.CompletedProcess:
@@ -76,3 +77,21 @@ def test_bench_engine_prints_a_table(tmp_path: Path) -> None:
     records = json.loads(out.read_text())["results"]
     assert [len(r["times_ms"]) for r in records] == [2, 2]
     assert all(r["device"] == "cpu" and (r["height"], r["width"]) == (40, 56) for r in records)
+
+
+def test_a_failing_mode_is_reported_and_the_others_still_timed() -> None:
+    from dfanet_model.bench import bench_model
+    failures: list[dict] = []
+    logged: list[str] = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # fp16 needs CUDA: on the CPU that mode fails to build.
+        results = bench_model("B", (32, 32), 1, ["eager", "fp16", "folded"],
+                              torch.device("cpu"), iters=2, warmup=0, failures=failures,
+                              log=logged.append)
+    finally:
+        torch.set_num_threads(threads)
+    assert [r.mode for r in results] == ["eager", "folded"]
+    assert [(f["mode"], f["height"]) for f in failures] == [("fp16", 32)]
+    assert "half=True needs a CUDA device" in failures[0]["error"]
+    assert any(line.startswith("  fp16: FAILED") for line in logged)
