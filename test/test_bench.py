@@ -19,15 +19,14 @@ def test_bench_model_prints_a_table_and_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = dfanet("bench", "model", "--variants", "B", "--sizes", "33x47", "--batch", "1", "2",
                     "--iters", "2", "--warmup", "0", "--threads", "1",
-                    "--modes", "eager,folded,onnxruntime,labels", "--json", str(out))
+                    "--modes", "eager,folded,labels", "--json", str(out))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     # The final table: a header, a rule and one row per (batch, mode).
     header = max(i for i, line in enumerate(lines) if line.startswith("variant"))
-    rows = [line.split() for line in lines[header + 2:header + 10]]
+    rows = [line.split() for line in lines[header + 2:header + 8]]
     assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
-        ("B", "33x47", b, m) for b in ("1", "2")
-        for m in ("eager", "folded", "onnxruntime", "labels")]
+        ("B", "33x47", b, m) for b in ("1", "2") for m in ("eager", "folded", "labels")]
     for r in rows:
         median, p90, fps = float(r[4]), float(r[5]), float(r[6])
         assert 0 < median <= p90 and fps > 0
@@ -36,12 +35,11 @@ def test_bench_model_prints_a_table_and_writes_json(tmp_path: Path) -> None:
     assert payload["machine"]["cpu_count"] >= 1 and payload["machine"]["torch"]
     assert "bench model" in payload["machine"]["command"]
     records = payload["results"]
-    assert len(records) == 8 and {r["mode"] for r in records} == {
-        "eager", "folded", "onnxruntime", "labels"}
+    assert len(records) == 6 and {r["mode"] for r in records} == {"eager", "folded", "labels"}
     for r in records:
         assert len(r["times_ms"]) == r["iterations"] == 2
         assert r["fps"] == pytest.approx(r["batch"] * 1000 / r["median_ms"])
-        if r["mode"] in ("folded", "onnxruntime"):
+        if r["mode"] == "folded":
             assert r["max_abs_diff"] < 1e-3
 
 
