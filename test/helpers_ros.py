@@ -180,7 +180,10 @@ class RosClient:
     def collect(self, msg_type: Any, topic: str, qos: Any = None) -> "Collector":
         return Collector(self, msg_type, topic, qos)
 
-    def publisher(self, msg_type: Any, topic: str, reliable: bool = True, depth: int = 10) -> Any:
+    def publisher(self, msg_type: Any, topic: str, reliable: bool = True, depth: int = 100
+                  ) -> Any:
+        """A publisher; reliable with a deep history so that bursts reach the node whole
+        (a reliable writer still discards what falls out of a KEEP_LAST history)."""
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
         qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE if reliable
@@ -245,6 +248,7 @@ class Collector:
 
         self.client = client
         self.messages: list[Any] = []
+        self.received_at: list[float] = []  # time.monotonic() of each message
         self.by_stamp: dict[tuple[int, int], list[Any]] = defaultdict(list)
         self._lock = threading.Lock()
         qos = qos or QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
@@ -253,9 +257,16 @@ class Collector:
     def _on_msg(self, msg: Any) -> None:
         with self._lock:
             self.messages.append(msg)
+            self.received_at.append(time.monotonic())
             header = getattr(msg, "header", None)
             if header is not None:
                 self.by_stamp[(header.stamp.sec, header.stamp.nanosec)].append(msg)
+
+    def recent(self, after: float, last: int = 50) -> list[Any]:
+        """Messages received after ``after`` (time.monotonic), newest first."""
+        with self._lock:
+            items = list(zip(self.received_at[-last:], self.messages[-last:], strict=True))
+        return [msg for t, msg in reversed(items) if t >= after]
 
     def get(self, stamp: tuple[int, int], timeout: float = 30.0,
             node: NodeProcess | None = None) -> Any:

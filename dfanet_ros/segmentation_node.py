@@ -1,0 +1,515 @@
+"""The DFANet segmentation node: camera images in; label maps, colour masks, overlays out.
+
+Topics, for each camera topic ``<ns>/<name>`` in ``camera_topics`` (relative names resolve in
+the node's namespace, so ``-r`` remapping and launch namespaces work as usual):
+
+    <ns>/<name>                      sensor_msgs/Image, or CompressedImage (``.../compressed``
+                                     or ``compressed: true``)
+    <ns>/segmentation/label          sensor_msgs/Image mono8, class id per pixel
+    <ns>/segmentation/color          sensor_msgs/Image rgb8, colour of each pixel's class
+    <ns>/segmentation/overlay        sensor_msgs/Image rgb8, camera image blended with color
+    <ns>/segmentation/info           dfanet_ros/SegmentationInfo, class fractions and latency
+    segmentation/class_map           dfanet_ros/ClassMap, once, reliable + transient local
+    /diagnostics                     diagnostic_msgs/DiagnosticArray, one status per camera
+
+Every output carries its camera frame's header and is computed only while someone subscribes
+to it.  The subscription callback validates the frame's fields and leaves it in a one-frame
+slot; a worker thread per camera takes the newest frame, so the node never builds a backlog
+and counts every frame a newer one replaced.
+
+Lifecycle: configure loads and checks the checkpoint (and the device), activate creates the
+publishers, subscriptions and workers, deactivate removes them and frees the engine's
+buffers, cleanup forgets the model.  With ``autostart`` (the default) the node walks itself to
+active; if configuring fails it logs one error line and the process exits with status 1.
+
+Without ros2cli:  ``dfanet-segmentation-node --ros-args -p checkpoint:=model.safetensors
+-r image:=/camera/image_raw``  (or ``python -m dfanet_ros.segmentation_node ...``).
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import rclpy
+import rclpy.logging
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    SetParametersResult,
+)
+from rclpy.event_handler import SubscriptionEventCallbacks, UnsupportedEventTypeError
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+)
+from sensor_msgs.msg import CompressedImage, Image
+
+from dfanet_model.checkpoint import CheckpointError
+from dfanet_ros.msg import ClassMap, SegmentationInfo
+
+from .conversions import (
+    BadImage,
+    array_to_image,
+    check_image,
+    class_map_message,
+    compressed_to_array,
+    image_to_array,
+)
+from .frame_stats import CameraStats, LatestSlot
+
+NODE_NAME = "dfanet_segmentation"
+CLASS_MAP_TOPIC = "segmentation/class_map"
+IMAGE_OUTPUTS = ("label", "color", "overlay")
+OUTPUT_ENCODINGS = {"label": "mono8", "color": "rgb8", "overlay": "rgb8"}
+WARN_PERIOD_S = 5.0
+
+
+def _default_checkpoint() -> str:
+    from dfanet_model.resources import DEFAULT_CHECKPOINT
+
+    return str(DEFAULT_CHECKPOINT) if DEFAULT_CHECKPOINT.is_file() else ""
+
+
+# name, default, description, (min, max) for numbers, changes at run time.  "Read on
+# configure" parameters take effect at the next configure transition.
+PARAMETERS: tuple[tuple[str, Any, str, tuple[float, float] | None, bool], ...] = (
+    ("checkpoint", _default_checkpoint(),
+     "DFANet checkpoint (.safetensors or training .pt); default: the shipped CamVid model",
+     None, False),
+    ("device", "auto", "auto, cpu, cuda or cuda:N", None, False),
+    ("fp16", False, "run the network in half precision (CUDA only)", None, False),
+    ("use_cuda_graph", True, "capture the per-frame pipeline in a CUDA graph", None, False),
+    ("backend", "auto", "how the network runs: auto (fastest measured for the device), eager, "
+     "jit, compile or onnxruntime (CPU)", None, False),
+    ("cpu_threads", 0, "PyTorch CPU threads (0: PyTorch's default, all cores)", (0, 256),
+     False),
+    ("model_height", 0, "network input height: 0 = the checkpoint's training size, "
+     "-1 = each image's own size (set model_width alike)", (-1, 16384), False),
+    ("model_width", 0, "network input width: 0 = the checkpoint's training size, "
+     "-1 = each image's own size", (-1, 16384), False),
+    ("camera_topics", ["image"], "camera image topics; outputs go to "
+     "<camera namespace>/segmentation/*", None, False),
+    ("compressed", False, "subscribe to sensor_msgs/CompressedImage on every camera topic "
+     "(topics ending in /compressed always are)", None, False),
+    ("input_reliability", "best_effort", "camera subscription reliability: best_effort or "
+     "reliable", None, False),
+    ("input_depth", 1, "camera subscription queue depth", (1, 100), False),
+    ("output_reliability", "reliable", "output publisher reliability: best_effort or reliable",
+     None, False),
+    ("output_depth", 1, "output publisher queue depth", (1, 100), False),
+    ("overlay_alpha", 0.5, "weight of the colour mask in the overlay (0: camera image only)",
+     (0.0, 1.0), True),
+    ("publish_label", True, "publish segmentation/label", None, True),
+    ("publish_color", True, "publish segmentation/color", None, True),
+    ("publish_overlay", True, "publish segmentation/overlay", None, True),
+    ("publish_info", True, "publish segmentation/info", None, True),
+    ("max_image_pixels", 4096 * 4096, "frames with more pixels are refused as bad input",
+     (1, 1 << 30), False),
+    ("diagnostics_period", 1.0, "seconds between /diagnostics messages (0: none)",
+     (0.0, 3600.0), False),
+    ("autostart", True, "configure and activate at start-up without a lifecycle manager",
+     None, False),
+)
+_DYNAMIC = {name for name, *_, dynamic in PARAMETERS if dynamic}
+
+
+def output_topic(camera_topic: str, output: str) -> str:
+    """``<camera namespace>/segmentation/<output>`` for a camera topic (``/compressed`` off)."""
+    base = camera_topic[:-len("/compressed")] if camera_topic.endswith("/compressed") \
+        else camera_topic
+    namespace, sep, _ = base.rpartition("/")
+    return f"{namespace}{sep}segmentation/{output}"
+
+
+def _qos(reliability: str, depth: int) -> QoSProfile:
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                      reliability=ReliabilityPolicy.RELIABLE if reliability == "reliable"
+                      else ReliabilityPolicy.BEST_EFFORT,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+@dataclass
+class _Camera:
+    """One camera topic: its subscription, publishers, hand-over slot, worker and counters."""
+
+    topic: str
+    compressed: bool
+    stats: CameraStats = field(default_factory=CameraStats)
+    slot: LatestSlot = field(default_factory=LatestSlot)
+    subscription: Any = None
+    publishers: dict[str, Any] = field(default_factory=dict)
+    worker: threading.Thread | None = None
+
+
+class SegmentationNode(LifecycleNode):
+    """Lifecycle node running DFANet on camera topics; see the module docstring."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        for name, default, description, bounds, dynamic in PARAMETERS:
+            self.declare_parameter(name, default, _descriptor(name, default, description,
+                                                               bounds, dynamic))
+        self._warn_unknown_overrides()
+        self._dynamic = {name: self.get_parameter(name).value for name in _DYNAMIC}
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.engine: Any = None
+        self._engine_lock = threading.Lock()
+        self._cameras: list[_Camera] = []
+        self._stats: dict[str, CameraStats] = {}
+        self._last_warning: dict[tuple[str, str], float] = {}
+        self._class_map_pub: Any = None
+        self._diag_pub: Any = None
+        self._diag_timer: Any = None
+        self._config: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------------
+    # Lifecycle
+
+    def start(self) -> bool:
+        """Configure and activate (``autostart``); False when a transition failed."""
+        return (self.trigger_configure() == TransitionCallbackReturn.SUCCESS
+                and self.trigger_activate() == TransitionCallbackReturn.SUCCESS)
+
+    @property
+    def autostart(self) -> bool:
+        return bool(self.get_parameter("autostart").value)
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        from .engine import DeviceError, SegmentationEngine
+
+        try:
+            config = self._read_configuration()
+            if config["cpu_threads"]:
+                import torch
+                torch.set_num_threads(config["cpu_threads"])
+            engine = SegmentationEngine(config["checkpoint"], device=config["device"],
+                                        fp16=config["fp16"], model_size=config["model_size"],
+                                        use_cuda_graph=config["use_cuda_graph"],
+                                        backend=config["backend"])
+        except (CheckpointError, DeviceError, ValueError) as e:
+            self.get_logger().error(f"cannot configure: {e}")
+            return TransitionCallbackReturn.FAILURE
+        self._config, self.engine = config, engine
+        self.get_logger().info(
+            f"configured: DFANet {engine.card.variant} ({engine.card.num_classes} "
+            f"{engine.card.dataset or 'unknown'} classes) from {config['checkpoint']} on "
+            f"{engine.device}{' fp16' if engine.fp16 else ''} ({engine.backend})")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        config = self._config
+        out_qos = _qos(config["output_reliability"], config["output_depth"])
+        in_qos = _qos(config["input_reliability"], config["input_depth"])
+        latched = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
+                             reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        try:
+            self._class_map_pub = self.create_publisher(ClassMap, CLASS_MAP_TOPIC, latched)
+            self._class_map_pub.publish(self._class_map())
+            for topic in config["camera_topics"]:
+                compressed = config["compressed"] or topic.endswith("/compressed")
+                camera = _Camera(topic, compressed, stats=self._stats.setdefault(
+                    topic, CameraStats()))
+                for out in IMAGE_OUTPUTS:
+                    camera.publishers[out] = self.create_publisher(
+                        Image, output_topic(topic, out), out_qos)
+                camera.publishers["info"] = self.create_publisher(
+                    SegmentationInfo, output_topic(topic, "info"), out_qos)
+                camera.worker = threading.Thread(target=self._work, args=(camera,),
+                                                 name=f"segment {topic}", daemon=True)
+                camera.worker.start()
+                camera.subscription = self._subscribe(camera, in_qos)
+                self._cameras.append(camera)
+            if config["diagnostics_period"] > 0:
+                self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+                self._diag_timer = self.create_timer(config["diagnostics_period"],
+                                                     self._publish_diagnostics)
+        except Exception as e:  # a bad topic name, for one: undo what was made
+            self.get_logger().error(f"cannot activate: {e}")
+            self._teardown()
+            return TransitionCallbackReturn.FAILURE
+        self.get_logger().info("active: " + ", ".join(
+            f"{c.topic} -> {output_topic(c.topic, '*')}" for c in self._cameras))
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        self.get_logger().info("inactive: unsubscribed, engine buffers released")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._forget_engine()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        self._forget_engine()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        self._forget_engine()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _teardown(self) -> None:
+        """Undo activate: subscriptions, workers, publishers, timer; free engine buffers."""
+        for camera in self._cameras:
+            if camera.subscription is not None:
+                self.destroy_subscription(camera.subscription)
+            camera.slot.close()
+        for camera in self._cameras:
+            if camera.worker is not None:
+                camera.worker.join(timeout=10.0)
+            for pub in camera.publishers.values():
+                self.destroy_publisher(pub)
+        self._cameras = []
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+        for pub in (self._diag_pub, self._class_map_pub):
+            if pub is not None:
+                self.destroy_publisher(pub)
+        self._diag_timer = self._diag_pub = self._class_map_pub = None
+        with self._engine_lock:
+            if self.engine is not None:
+                self.engine.release()
+
+    def _forget_engine(self) -> None:
+        with self._engine_lock:
+            if self.engine is not None:
+                self.engine.release()
+            self.engine = None
+
+    # ------------------------------------------------------------------------------------
+    # Parameters
+
+    def _read_configuration(self) -> dict[str, Any]:
+        """The read-on-configure parameters, checked; ValueError names the bad one."""
+        p = {name: self.get_parameter(name).value for name, *_ in PARAMETERS}
+        if not p["checkpoint"]:
+            from dfanet_model.resources import DEFAULT_CHECKPOINT
+            raise ValueError("no checkpoint: set the 'checkpoint' parameter (the shipped "
+                             f"default {DEFAULT_CHECKPOINT.name} is not installed)")
+        for name in ("input_reliability", "output_reliability"):
+            if p[name] not in ("best_effort", "reliable"):
+                raise ValueError(f"parameter {name} must be best_effort or reliable, got "
+                                 f"{p[name]!r}")
+        h, w = p["model_height"], p["model_width"]
+        if (h <= 0 or w <= 0) and h != w:
+            raise ValueError(f"model_height {h} and model_width {w}: set both to a size, both "
+                             "to 0 (checkpoint's size) or both to -1 (each image's own size)")
+        p["model_size"] = None if h == 0 else (0, 0) if h == -1 else (h, w)
+        topics = [t for t in p["camera_topics"] if t]
+        if not topics or len(set(topics)) != len(topics):
+            raise ValueError(f"camera_topics must list distinct topics, got {p['camera_topics']}")
+        p["camera_topics"] = topics
+        return p
+
+    def _on_set_parameters(self, params: list[Any]) -> SetParametersResult:
+        """Run-time switches apply at once; the rest wait for the next configure."""
+        later = []
+        for param in params:
+            if param.name in _DYNAMIC:
+                self._dynamic[param.name] = param.value
+            elif param.name in {name for name, *_ in PARAMETERS}:
+                later.append(param.name)
+        if later:
+            self.get_logger().info(f"{', '.join(later)} will apply at the next configure")
+        return SetParametersResult(successful=True)
+
+    def _warn_unknown_overrides(self) -> None:
+        """Name parameters given on the command line or in a file that the node lacks."""
+        overrides = getattr(self, "_parameter_overrides", {}) or {}
+        unknown = sorted(n for n in overrides if not self.has_parameter(n)
+                         and not n.startswith("qos_overrides."))
+        if unknown:
+            known = ", ".join(name for name, *_ in PARAMETERS)
+            self.get_logger().warning(f"ignoring unknown parameter(s) {', '.join(unknown)}; "
+                                      f"this node has: {known}")
+
+    # ------------------------------------------------------------------------------------
+    # Per frame
+
+    def _subscribe(self, camera: _Camera, qos: QoSProfile) -> Any:
+        def lost(info: Any) -> None:
+            camera.stats.count("lost", int(info.total_count_change))
+
+        msg_type = CompressedImage if camera.compressed else Image
+        callback = (lambda msg: self._on_frame(camera, msg))  # noqa: E731
+        try:
+            return self.create_subscription(
+                msg_type, camera.topic, callback, qos,
+                event_callbacks=SubscriptionEventCallbacks(message_lost=lost))
+        except UnsupportedEventTypeError:  # middleware without message-lost events
+            return self.create_subscription(msg_type, camera.topic, callback, qos)
+
+    def _on_frame(self, camera: _Camera, msg: Any) -> None:
+        """Executor thread: check the fields, hand the newest frame to the worker."""
+        received = time.perf_counter()
+        camera.stats.count("received")
+        if not camera.compressed:
+            try:
+                check_image(msg, self._config["max_image_pixels"])
+            except BadImage as e:
+                self._bad_frame(camera, e)
+                return
+        if camera.slot.put((msg, received, self.get_clock().now().nanoseconds)):
+            camera.stats.count("dropped")
+
+    def _work(self, camera: _Camera) -> None:
+        """Worker thread of one camera: segment and publish the newest frame, forever."""
+        while not camera.slot.closed:
+            item = camera.slot.take(timeout=0.5)
+            if item is None:
+                continue
+            try:
+                self._process(camera, *item)
+            except Exception as e:  # never let one frame end the camera's worker
+                if camera.slot.closed or not self.context.ok():
+                    return
+                self._bad_frame(camera, BadImage("engine", f"{type(e).__name__}: {e}"))
+
+    def _process(self, camera: _Camera, msg: Any, received: float, received_ns: int) -> None:
+        pubs, switches = camera.publishers, self._dynamic
+        wanted = frozenset(out for out in IMAGE_OUTPUTS if switches[f"publish_{out}"]
+                           and pubs[out].get_subscription_count() > 0)
+        want_info = switches["publish_info"] and pubs["info"].get_subscription_count() > 0
+        if not wanted and not want_info:
+            camera.stats.count("unwatched")
+            return
+        start = time.perf_counter()
+        try:
+            if camera.compressed:
+                pixels, encoding = compressed_to_array(msg, self._config["max_image_pixels"])
+            else:
+                pixels, encoding = image_to_array(msg), msg.encoding
+        except BadImage as e:
+            self._bad_frame(camera, e)
+            return
+        decoded = time.perf_counter()
+        with self._engine_lock:
+            if self.engine is None:
+                return
+            result = self.engine.run(pixels, encoding, wanted, switches["overlay_alpha"])
+            inferred = time.perf_counter()
+            if result.replanned:
+                self.get_logger().info(
+                    f"{camera.topic}: {pixels.shape[0]}x{pixels.shape[1]} {encoding} frames, "
+                    f"network at {result.model_size[0]}x{result.model_size[1]}")
+            # Copy into messages while the engine's buffers are ours; publish after.
+            messages = {out: array_to_image(getattr(result, out), OUTPUT_ENCODINGS[out],
+                                            msg.header) for out in wanted}
+        for out, image in messages.items():
+            pubs[out].publish(image)
+        published = time.perf_counter()
+        sent = sorted(wanted)
+        if want_info:
+            h, w = result.model_size
+            stamp = msg.header.stamp
+            pubs["info"].publish(SegmentationInfo(
+                header=msg.header, class_fractions=result.class_fractions.tolist(),
+                decode_ms=(decoded - start) * 1e3, inference_ms=(inferred - decoded) * 1e3,
+                publish_ms=(published - inferred) * 1e3, total_ms=(published - received) * 1e3,
+                stamp_age_ms=(received_ns - (stamp.sec * 10**9 + stamp.nanosec)) / 1e6,
+                model_height=h, model_width=w, device=self._device_name(),
+                dropped_frames=camera.stats.frames_lost_total))
+            sent.append("info")
+        camera.stats.frame_done((published - received) * 1e3, sent)
+
+    def _bad_frame(self, camera: _Camera, error: BadImage) -> None:
+        """Count a bad frame; warn at most every WARN_PERIOD_S per topic and fault."""
+        count = camera.stats.count_bad(error.fault)
+        key, now = (camera.topic, error.fault), time.monotonic()
+        if now - self._last_warning.get(key, -WARN_PERIOD_S) >= WARN_PERIOD_S:
+            self._last_warning[key] = now
+            self.get_logger().warning(f"{camera.topic}: bad frame ({error.fault}): "
+                                      f"{error.detail} [{count} so far]")
+
+    # ------------------------------------------------------------------------------------
+    # Class map and diagnostics
+
+    def _class_map(self) -> ClassMap:
+        return class_map_message(self.engine.card, Path(self._config["checkpoint"]).name)
+
+    def _device_name(self) -> str:
+        return f"{self.engine.device}{' fp16' if self.engine.fp16 else ''}" if self.engine \
+            else ""
+
+    def _publish_diagnostics(self) -> None:
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        model = Path(self._config.get("checkpoint", "")).name
+        size = self._config.get("model_size")
+        for camera in self._cameras:
+            snap = camera.stats.snapshot()
+            level, message = DiagnosticStatus.OK, "running"
+            if snap["frames_bad_since_last_report"]:
+                level = DiagnosticStatus.WARN
+                message = f"{snap['frames_bad_since_last_report']} bad frame(s)"
+            elif not snap["frames_processed"]:
+                message = "waiting for frames" if not snap["frames_received"] \
+                    else "no subscriber to any output"
+            values = {"topic": camera.topic, "device": self._device_name(), "model": model,
+                      "model_size": "checkpoint" if size is None else
+                      "input" if size == (0, 0) else f"{size[0]}x{size[1]}", **snap}
+            array.status.append(DiagnosticStatus(
+                level=level, name=f"{self.get_name()}: {camera.topic}", message=message,
+                hardware_id=self._device_name(),
+                values=[KeyValue(key=k, value=_fmt(v)) for k, v in values.items()]))
+        self._diag_pub.publish(array)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _descriptor(name: str, default: Any, description: str,
+                bounds: tuple[float, float] | None, dynamic: bool) -> ParameterDescriptor:
+    desc = ParameterDescriptor(
+        name=name, description=description,
+        additional_constraints="changes apply at once" if dynamic
+        else "read on configure")
+    if bounds is not None and isinstance(default, float):
+        desc.floating_point_range = [FloatingPointRange(from_value=float(bounds[0]),
+                                                        to_value=float(bounds[1]), step=0.0)]
+    elif bounds is not None:
+        desc.integer_range = [IntegerRange(from_value=int(bounds[0]), to_value=int(bounds[1]),
+                                           step=1)]
+    return desc
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the node until Ctrl-C; 1 when start-up fails (the reason is logged once)."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        try:
+            node = SegmentationNode()
+        except ParameterException as e:  # a parameter override of the wrong type or range
+            rclpy.logging.get_logger(NODE_NAME).error(f"bad parameter: {e}")
+            return 2
+        if node.autostart and not node.start():
+            return 1
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node._teardown()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

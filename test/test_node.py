@@ -1,0 +1,529 @@
+"""The segmentation node as its own process over real DDS (loopback): outputs against offline
+inference, encodings, compressed input, size changes, run-time parameters, lazy publishing,
+newest-frame-wins, fuzzed bad frames, start-up failures and the lifecycle."""
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+from dfanet_ros.msg import ClassMap, SegmentationInfo
+from diagnostic_msgs.msg import DiagnosticArray
+from helpers_ros import (
+    SMALL_INPUT,
+    NodeProcess,
+    RosClient,
+    diagnostics_values,
+    domain_id,
+    image_message,
+    make_checkpoint,
+    node_command,
+    read_rgb,
+    ros_env,
+    torch_threads,
+    wait_for,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from dfanet_model.classes import CAMVID
+from dfanet_ros.conversions import array_to_compressed
+from dfanet_ros.engine import ENCODING_CHANNELS, SegmentationEngine
+from dfanet_ros.segmentation_node import output_topic
+
+DOMAIN = domain_id(__name__)
+CAMERA, COMPRESSED, LAZY, FUZZ = ("/camera/image", "/camera2/image/compressed",
+                                  "/lazy/image", "/fuzz/image")
+MAX_PIXELS = 1_000_000
+PALETTE = np.asarray(CAMVID.colors, np.uint8)
+_stamps = itertools.count(1000)
+
+
+def next_stamp() -> tuple[int, int]:
+    return (next(_stamps), 500)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("node") / "random_b.safetensors")
+
+
+@pytest.fixture(scope="module")
+def node(checkpoint):
+    proc = NodeProcess(node_command({
+        # The eager backend: traced ones (the CPU default) take seconds on the first frame.
+        "checkpoint": checkpoint, "device": "cpu", "cpu_threads": 1, "backend": "eager",
+        "camera_topics": [CAMERA, COMPRESSED, LAZY, FUZZ],
+        # Reliable input so that every fuzzed frame reaches the node and is counted.
+        "input_reliability": "reliable", "input_depth": 50,
+        "diagnostics_period": 0.2, "max_image_pixels": MAX_PIXELS}), ros_env(DOMAIN))
+    yield proc
+    alive = proc.alive()
+    output = proc.output()
+    code = proc.stop()
+    assert alive, f"node died during the tests:\n{output[-3000:]}"
+    assert code == 0, f"SIGINT should end the node cleanly, got {code}:\n{output[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def client(node):
+    c = RosClient(DOMAIN)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def diagnostics(client):
+    return client.collect(DiagnosticArray, "/diagnostics")
+
+
+@pytest.fixture(scope="module")
+def engine(checkpoint):
+    return SegmentationEngine(checkpoint, device="cpu", backend="eager")
+
+
+@pytest.fixture(scope="module")
+def frame(sample_camvid):
+    return read_rgb(sorted((sample_camvid / "test").glob("*.jpg"))[1])  # 360x480
+
+
+def latest(diagnostics, topic: str, node=None, after: float = 0.0) -> dict[str, str]:
+    """The newest diagnostics of ``topic`` received after ``after`` (time.monotonic)."""
+    def find():
+        for msg in diagnostics.recent(after):
+            values = diagnostics_values(msg, topic)
+            if values is not None:
+                return values
+        return None
+    return wait_for(find, 20.0, f"diagnostics of {topic}", node)
+
+
+def counter(values: dict[str, str], key: str) -> int:
+    return int(values.get(key, 0))
+
+
+def exchange(client, node, topic: str, make_msg, outputs: dict, timeout: float = 60.0):
+    """Publish frames made by ``make_msg(stamp)`` until every collector in ``outputs`` has
+    answered one (discovery of our subscriptions by the node takes a moment)."""
+    pub = exchange.publishers.get(topic)
+    if pub is None:
+        msg_type = type(make_msg((0, 0)))
+        pub = exchange.publishers[topic] = client.publisher(msg_type, topic)
+    client.wait_matched(pub, node=node)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stamp = next_stamp()
+        msg = make_msg(stamp)
+        pub.publish(msg)
+        try:
+            got = {name: c.get(stamp, timeout=8.0, node=node) for name, c in outputs.items()}
+            return msg, got
+        except AssertionError:
+            if not node.alive():
+                raise
+    raise AssertionError(f"no answer on {list(outputs)} for frames on {topic}:\n"
+                         f"{node.output()[-3000:]}")
+
+
+exchange.publishers = {}
+
+
+def collectors(client, camera: str, names=("label", "color", "overlay", "info")) -> dict:
+    return {name: client.collect(SegmentationInfo if name == "info" else Image,
+                                 output_topic(camera, name)) for name in names}
+
+
+def close_all(cols: dict) -> None:
+    for c in cols.values():
+        c.close()
+
+
+def agree(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a == b).mean())
+
+
+def as_array(msg: Image) -> np.ndarray:
+    channels = msg.step // msg.width
+    data = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.width, channels)
+    return data[..., 0] if channels == 1 else data
+
+
+def blend(rgb: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:
+    return np.round(rgb + alpha * (color.astype(np.float64) - rgb)).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def test_class_map_is_latched_for_late_subscribers(client, node):
+    time.sleep(0.5)  # subscribe after the node has published it
+    qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    c = client.collect(ClassMap, "/segmentation/class_map", qos)
+    msg = wait_for(lambda: c.messages and c.messages[0], 30.0, "the class map", node)
+    c.close()
+    assert list(msg.names) == list(CAMVID.names) and list(msg.ids) == list(range(11))
+    assert np.array_equal(np.asarray(msg.colors).reshape(-1, 3), PALETTE)
+    assert msg.ignore_index == 11 and msg.model == "random_b.safetensors"
+    assert msg.dataset == "camvid"
+
+
+def test_outputs_match_offline_inference(client, node, engine, frame):
+    cols = collectors(client, CAMERA)
+    msg, got = exchange(client, node, CAMERA,
+                        lambda s: image_message(frame, "rgb8", s, "front_camera"), cols)
+    close_all(cols)
+    expected = engine.run(frame)
+    for name in ("label", "color", "overlay"):
+        out = got[name]
+        assert out.header == msg.header, name
+        assert (out.height, out.width) == frame.shape[:2], name
+        assert out.encoding == ("mono8" if name == "label" else "rgb8"), name
+    label, color, overlay = (as_array(got[n]) for n in ("label", "color", "overlay"))
+    assert label.max() < CAMVID.num_classes and len(np.unique(label)) >= 3
+    assert agree(label, expected.label) > 0.999
+    assert np.array_equal(color, PALETTE[label])
+    assert np.abs(overlay.astype(int) - blend(frame, color, 0.5)).max() <= 1
+    info = got["info"]
+    assert info.header == msg.header
+    fractions = np.bincount(label.ravel(), minlength=11) / label.size
+    assert np.allclose(info.class_fractions, fractions, atol=1e-5)
+    assert (info.model_height, info.model_width) == SMALL_INPUT and info.device == "cpu"
+    assert info.total_ms >= info.inference_ms > 0 and info.decode_ms >= 0
+    assert info.publish_ms > 0 and info.stamp_age_ms != 0
+
+
+@pytest.mark.parametrize("encoding, pad", [("bgr8", 0), ("rgba8", 3), ("mono8", 1),
+                                           ("yuv422", 0)])
+def test_encodings_with_row_padding(client, node, engine, frame, encoding, pad):
+    rgb = np.ascontiguousarray(frame[::2, ::2])  # 180x240
+    if encoding == "bgr8":
+        data = rgb[..., ::-1]
+    elif encoding == "rgba8":
+        data = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    elif encoding == "mono8":
+        data = rgb[..., 1:2]
+    else:  # a plausible UYVY frame: luma from green, neutral chroma
+        data = np.stack([np.full(rgb.shape[:2], 128, np.uint8), rgb[..., 1]], axis=2)
+    data = np.ascontiguousarray(data)
+    cols = collectors(client, CAMERA, ("label", "overlay"))
+    _, got = exchange(client, node, CAMERA,
+                      lambda s: image_message(data, encoding, s, pad=pad), cols)
+    close_all(cols)
+    expected = engine.run(data, encoding=encoding)
+    assert agree(as_array(got["label"]), expected.label) > 0.999
+    assert np.abs(as_array(got["overlay"]).astype(int) - expected.overlay).max() <= 1
+
+
+def test_compressed_input(client, node, engine, frame, diagnostics):
+    import io
+
+    from PIL import Image as PILImage
+
+    cols = collectors(client, COMPRESSED, ("label", "overlay"))
+    jpeg = array_to_compressed(frame, Header(), "jpeg")
+    decoded = np.asarray(PILImage.open(io.BytesIO(bytes(jpeg.data))).convert("RGB"))
+
+    def make(stamp):
+        msg = array_to_compressed(frame, Header(frame_id="cam2"), "jpeg")
+        msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
+        return msg
+
+    msg, got = exchange(client, node, COMPRESSED, make, cols)
+    assert got["label"].header == msg.header
+    assert agree(as_array(got["label"]), engine.run(decoded).label) > 0.999
+    assert np.abs(as_array(got["overlay"]).astype(int)
+                  - engine.run(decoded).overlay).max() <= 1
+    # Corrupt data: counted by fault, the node carries on.
+    before = counter(latest(diagnostics, COMPRESSED, node), "bad_decode")
+    bad = make(next_stamp())
+    bad.data = bytes(bad.data)[:300]
+    exchange.publishers[COMPRESSED].publish(bad)
+    wait_for(lambda: counter(latest(diagnostics, COMPRESSED, node), "bad_decode") == before + 1,
+             20.0, "bad_decode to count the truncated JPEG", node)
+    exchange(client, node, COMPRESSED, make, cols)
+    close_all(cols)
+
+
+def test_size_change_mid_stream(client, node, engine, frame):
+    cols = collectors(client, CAMERA, ("label", "info"))
+    for image in (frame, np.ascontiguousarray(frame[::3, ::3]), frame[:200, 40:440]):
+        image = np.ascontiguousarray(image)
+        _, got = exchange(client, node, CAMERA,
+                          lambda s, image=image: image_message(image, "rgb8", s), cols)
+        label = as_array(got["label"])
+        assert label.shape == image.shape[:2]
+        assert agree(label, engine.run(image).label) > 0.999
+        assert (got["info"].model_height, got["info"].model_width) == SMALL_INPUT
+    close_all(cols)
+    assert "new plan" in node.output() or "network at" in node.output()
+
+
+def test_overlay_alpha_changes_at_run_time(client, node, frame):
+    cols = collectors(client, CAMERA, ("color", "overlay"))
+    image = np.ascontiguousarray(frame[::2, ::2])
+    try:
+        for alpha in (0.0, 1.0, 0.25):
+            (result,) = client.set_parameters("dfanet_segmentation", {"overlay_alpha": alpha})
+            assert result.successful
+            _, got = exchange(client, node, CAMERA, lambda s: image_message(image, "rgb8", s),
+                              cols)
+            overlay, color = as_array(got["overlay"]), as_array(got["color"])
+            assert np.abs(overlay.astype(int) - blend(image, color, alpha)).max() <= 1, alpha
+        (result,) = client.set_parameters("dfanet_segmentation", {"overlay_alpha": 1.5})
+        assert not result.successful and "range" in result.reason.lower()
+        (result,) = client.set_parameters("dfanet_segmentation", {"overlay_alpha": "high"})
+        assert not result.successful
+        values = client.get_parameters("dfanet_segmentation", ["overlay_alpha"])
+        assert values["overlay_alpha"][1] == 0.25
+    finally:
+        client.set_parameters("dfanet_segmentation", {"overlay_alpha": 0.5})
+        close_all(cols)
+
+
+def test_only_watched_outputs_are_computed(client, node, frame, diagnostics):
+    image = np.ascontiguousarray(frame[::4, ::4])
+    cols = collectors(client, LAZY, ("label",))
+    for _ in range(3):
+        exchange(client, node, LAZY, lambda s: image_message(image, "rgb8", s), cols)
+    start = time.monotonic()
+    values = wait_for(lambda: (v := latest(diagnostics, LAZY, node, start))
+                      and counter(v, "published_label") >= 3 and v, 20.0, "3 labels", node)
+    assert counter(values, "published_overlay") == 0
+    assert counter(values, "published_color") == 0 and counter(values, "published_info") == 0
+    labels = counter(values, "published_label")
+    close_all(cols)
+    # Nobody listens now: frames are received and skipped, nothing is computed.
+    pub = exchange.publishers[LAZY]
+    unwatched = counter(values, "frames_unwatched")
+
+    def skipped():
+        pub.publish(image_message(image, "rgb8", next_stamp()))
+        v = latest(diagnostics, LAZY, node, time.monotonic() - 0.1)
+        return counter(v, "frames_unwatched") > unwatched and v
+
+    # The node learns of our unsubscribing through discovery: wait for the first skip.
+    values = wait_for(skipped, 20.0, "a frame skipped for want of subscribers", node)
+    labels, unwatched = counter(values, "published_label"), counter(values, "frames_unwatched")
+    for _ in range(3):
+        pub.publish(image_message(image, "rgb8", next_stamp()))
+    values = wait_for(lambda: (v := latest(diagnostics, LAZY, node, time.monotonic()))
+                      and counter(v, "frames_unwatched") == unwatched + 3 and v, 20.0,
+                      "3 more skipped frames", node)
+    assert counter(values, "published_label") == labels
+
+
+def test_newest_frame_wins_and_drops_are_counted(client, node, frame, diagnostics):
+    image = np.ascontiguousarray(frame[::2, ::2])
+    cols = collectors(client, CAMERA, ("label",))
+    exchange(client, node, CAMERA, lambda s: image_message(image, "rgb8", s), cols)
+    before = latest(diagnostics, CAMERA, node, time.monotonic())
+    pub = exchange.publishers[CAMERA]
+    stamps = [next_stamp() for _ in range(20)]
+    for stamp in stamps:  # a burst far faster than the node segments
+        pub.publish(image_message(image, "rgb8", stamp))
+    cols["label"].get(stamps[-1], timeout=30.0, node=node)  # the newest is always answered
+
+    def settled():
+        v = latest(diagnostics, CAMERA, node, time.monotonic())
+        got = counter(v, "frames_received") - counter(before, "frames_received")
+        return got == len(stamps) and v
+
+    after = wait_for(settled, 20.0, "all 20 frames to be received", node)
+    processed = counter(after, "frames_processed") - counter(before, "frames_processed")
+    dropped = counter(after, "frames_dropped_newer") - counter(before, "frames_dropped_newer")
+    assert dropped >= 1 and processed + dropped == len(stamps)
+    answered = [s for s in stamps if cols["label"].by_stamp.get(s)]
+    assert len(answered) == processed
+    close_all(cols)
+    assert after["device"] == "cpu" and after["model"] == "random_b.safetensors"
+    assert float(after["latency_p50_ms"]) > 0 and float(after["latency_p99_ms"]) >= float(
+        after["latency_p50_ms"])
+    assert float(after["rate_hz"]) > 0 and "frames_lost_dds" in after
+
+
+# -- fuzzing --------------------------------------------------------------------------------
+
+FUZZ_ENCODINGS = ["rgb8", "bgr8", "rgba8", "mono8", "yuv422", "yuv422_yuy2", "rgb16", "16UC1",
+                  "", "RGB8", "jpeg"]
+
+
+def expected_fault(encoding: str, width: int, height: int, step: int, size: int) -> str | None:
+    """What the node must call each frame (the checks in the order the node documents)."""
+    channels = ENCODING_CHANNELS.get(encoding)
+    if channels is None:
+        return "encoding"
+    if width == 0 or height == 0:
+        return "empty"
+    if width * height > MAX_PIXELS:
+        return "too_large"
+    if step < width * channels:
+        return "step"
+    if size < step * height:
+        return "short_data"
+    if channels == 2 and width % 2:
+        return "odd_width"
+    return None
+
+
+dims = st.one_of(st.integers(0, 40), st.integers(60_000, 70_000), st.just(1 << 31))
+
+
+def test_fuzzed_frames_never_stop_the_node_and_are_all_counted(client, node, frame,
+                                                              diagnostics):
+    cols = collectors(client, FUZZ, ("label",))
+    sane = np.ascontiguousarray(frame[:30, :40])
+    exchange(client, node, FUZZ, lambda s: image_message(sane, "rgb8", s), cols)
+    pub = exchange.publishers[FUZZ]
+    before = latest(diagnostics, FUZZ, node, time.monotonic())
+    faults: list[str | None] = []
+
+    @settings(max_examples=60, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(encoding=st.sampled_from(FUZZ_ENCODINGS), width=dims, height=dims,
+           step_delta=st.integers(-4, 6), size_delta=st.integers(-5, 5))
+    def send(encoding, width, height, step_delta, size_delta):
+        channels = ENCODING_CHANNELS.get(encoding, 3)
+        step = min(max(0, width * channels + step_delta), (1 << 32) - 1)
+        size = max(0, min(step * height + size_delta, 20_000))
+        msg = Image(encoding=encoding, width=min(width, (1 << 32) - 1),
+                    height=min(height, (1 << 32) - 1), step=step,
+                    data=bytes(np.random.default_rng(size).integers(0, 256, size, np.uint8)))
+        msg.header.stamp.sec, msg.header.stamp.nanosec = next_stamp()
+        pub.publish(msg)
+        faults.append(expected_fault(msg.encoding, msg.width, msg.height, msg.step, size))
+        time.sleep(0.002)
+
+    send()
+    assert faults.count(None) < len(faults), "the fuzzer sent no bad frame"
+
+    def settled():
+        v = latest(diagnostics, FUZZ, node, time.monotonic())
+        got = counter(v, "frames_received") - counter(before, "frames_received")
+        return got == len(faults) and v
+
+    after = wait_for(settled, 30.0, f"all {len(faults)} fuzzed frames to be received", node)
+    for fault in {f for f in faults if f}:
+        delta = counter(after, f"bad_{fault}") - counter(before, f"bad_{fault}")
+        assert delta == faults.count(fault), fault
+    bad = counter(after, "frames_bad") - counter(before, "frames_bad")
+    assert bad == len(faults) - faults.count(None)
+    # Still alive and answering; the warnings name the topic and the fault.
+    exchange(client, node, FUZZ, lambda s: image_message(sane, "rgb8", s), cols)
+    close_all(cols)
+    assert f"{FUZZ}: bad frame (" in node.output()
+
+
+# -- start-up --------------------------------------------------------------------------------
+
+
+def _mismatched(path):
+    """A checkpoint whose card says DFANet A over DFANet B weights."""
+    from helpers_ros import camvid_card
+    from safetensors.torch import load_file, save_file
+
+    from dfanet_model.checkpoint import METADATA_KEY
+
+    make_checkpoint(path)
+    save_file(load_file(path), path, metadata={METADATA_KEY: camvid_card("A").to_json()})
+    return path
+
+
+def test_start_up_failures_exit_with_one_clear_line(tmp_path, checkpoint):
+    import torch
+
+    cases = {
+        "missing": ({"checkpoint": tmp_path / "missing.safetensors"}, 1,
+                    "cannot configure: checkpoint", "missing.safetensors: file not found"),
+        "range": ({"checkpoint": checkpoint, "overlay_alpha": 2.0}, 2, "bad parameter",
+                  "overlay_alpha out of range"),
+    }
+    if not torch.cuda.is_available():
+        cases["cuda"] = ({"checkpoint": checkpoint, "device": "cuda"}, 1, "cannot configure",
+                         "'cuda' requested but CUDA is not available")
+    procs = {name: NodeProcess(node_command({"cpu_threads": 1, **params}),
+                               ros_env(DOMAIN + 1))
+             for name, (params, *_) in cases.items()}
+    try:
+        for name, proc in procs.items():
+            _, code, head, text = cases[name]
+            proc.proc.wait(timeout=120)
+            output = proc.output()
+            errors = [line for line in output.splitlines() if "ERROR" in line]
+            assert proc.proc.returncode == code, f"{name}: {output}"
+            assert len(errors) == 1 and head in errors[0] and text in errors[0], \
+                f"{name}: {output}"
+            assert "Traceback" not in output, f"{name}: {output}"
+    finally:
+        for proc in procs.values():
+            proc.stop()
+
+
+def test_lifecycle_transitions_in_process(checkpoint, tmp_path, capfd):
+    import rclpy
+    from lifecycle_msgs.msg import State
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from dfanet_ros.segmentation_node import SegmentationNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=DOMAIN + 2)
+    node = SegmentationNode(context=context, parameter_overrides=[
+        Parameter("checkpoint", value=str(checkpoint)), Parameter("autostart", value=False),
+        Parameter("device", value="cpu"), Parameter("camera_topics", value=["lc/image"]),
+        Parameter("backend", value="eager")])
+    try:
+        def state():
+            return node._state_machine.current_state[0]
+
+        def subscribers():
+            return len(node.get_subscriptions_info_by_topic("/lc/image"))
+
+        assert state() == State.PRIMARY_STATE_UNCONFIGURED and node.engine is None
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert state() == State.PRIMARY_STATE_INACTIVE and node.engine is not None
+        assert subscribers() == 0
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        wait_for(lambda: subscribers() == 1, 10.0, "the camera subscription")
+        assert node.count_publishers("/lc/segmentation/overlay") == 1
+        node.engine.run(np.zeros((8, 8, 3), np.uint8), outputs=frozenset({"label"}))
+        assert node.engine._plans
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        wait_for(lambda: subscribers() == 0, 10.0, "the subscription to go")
+        assert not node.engine._plans  # buffers released, model kept
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert node.engine is None and state() == State.PRIMARY_STATE_UNCONFIGURED
+        # Each unusable checkpoint or setting fails configure with its reason logged.
+        corrupt = tmp_path / "corrupt.safetensors"
+        corrupt.write_bytes(np.random.default_rng(1).bytes(300))
+        for overrides, text in (
+                ({"checkpoint": str(tmp_path / "gone.pt")}, "gone.pt: file not found"),
+                ({"checkpoint": str(corrupt)}, "corrupt.safetensors: not a dfanet checkpoint"),
+                ({"checkpoint": str(_mismatched(tmp_path / "a_over_b.safetensors"))},
+                 "weights do not fit DFANet A"),
+                ({"checkpoint": str(checkpoint), "camera_topics": ["a", "a"]},
+                 "camera_topics must list distinct topics"),
+                ({"camera_topics": ["a"], "model_height": -1},
+                 "model_height -1 and model_width 0"),
+                ({"model_height": 0, "input_reliability": "sometimes"},
+                 "input_reliability must be best_effort or reliable")):
+            node.set_parameters([Parameter(k, value=v) for k, v in overrides.items()])
+            capfd.readouterr()
+            assert node.trigger_configure() == TransitionCallbackReturn.FAILURE, text
+            assert state() == State.PRIMARY_STATE_UNCONFIGURED
+            err = capfd.readouterr().err
+            assert "cannot configure" in err and text in err, err
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
