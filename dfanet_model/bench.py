@@ -40,6 +40,7 @@ MODES: dict[str, tuple[tuple[str, ...], str]] = {
     "onnxruntime": (("cpu",), "batch norm folded, ONNX Runtime CPU session"),
     "fp16": (("cuda",), "batch norm folded, fp16, channels-last"),
     "cudagraph": (("cuda",), "fp16 channels-last, replayed from a CUDA graph"),
+    "cudagraph-nchw": (("cuda",), "as cudagraph in the plain NCHW layout"),
     "compile": (("cpu", "cuda"), "torch.compile of the folded model (CUDA: fp16 channels-last "
                                  "in a CUDA graph)"),
     "labels": (("cpu", "cuda"), "uint8 RGB image on the device -> uint8 labels (CPU: the auto "
@@ -197,8 +198,9 @@ def _build(mode: str, model: nn.Module, card: ModelCard, device: torch.device,
         return prepare_for_inference(model, device, backend="onnxruntime"), x
     if mode == "fp16":
         return prepare_for_inference(model, device, half=True, backend="eager"), x
-    if mode == "cudagraph":
-        prepared = prepare_for_inference(model, device, half=True, backend="eager")
+    if mode in ("cudagraph", "cudagraph-nchw"):
+        prepared = prepare_for_inference(model, device, half=True, backend="eager",
+                                         channels_last=mode == "cudagraph")
         return capture_cuda_graph(prepared, x), x
     if mode == "compile":
         prepared = prepare_for_inference(model, device, half=cuda, backend="compile",
