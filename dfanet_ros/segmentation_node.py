@@ -75,18 +75,11 @@ OUTPUT_ENCODINGS = {"label": "mono8", "color": "rgb8", "overlay": "rgb8"}
 WARN_PERIOD_S = 5.0
 
 
-def _default_checkpoint() -> str:
-    from dfanet_model.resources import DEFAULT_CHECKPOINT
-
-    return str(DEFAULT_CHECKPOINT) if DEFAULT_CHECKPOINT.is_file() else ""
-
-
 # name, default, description, (min, max) for numbers, changes at run time.  "Read on
 # configure" parameters take effect at the next configure transition.
 PARAMETERS: tuple[tuple[str, Any, str, tuple[float, float] | None, bool], ...] = (
-    ("checkpoint", _default_checkpoint(),
-     "DFANet checkpoint (.safetensors or training .pt); default: the shipped CamVid model",
-     None, False),
+    ("checkpoint", "", "DFANet checkpoint (.safetensors or training .pt); empty: the "
+     "shipped CamVid model", None, False),
     ("device", "auto", "auto, cpu, cuda or cuda:N", None, False),
     ("fp16", False, "run the network in half precision (CUDA only)", None, False),
     ("use_cuda_graph", True, "capture the per-frame pipeline in a CUDA graph", None, False),
@@ -298,8 +291,10 @@ class SegmentationNode(LifecycleNode):
         p = {name: self.get_parameter(name).value for name, *_ in PARAMETERS}
         if not p["checkpoint"]:
             from dfanet_model.resources import DEFAULT_CHECKPOINT
-            raise ValueError("no checkpoint: set the 'checkpoint' parameter (the shipped "
-                             f"default {DEFAULT_CHECKPOINT.name} is not installed)")
+            if not DEFAULT_CHECKPOINT.is_file():
+                raise ValueError("no checkpoint: set the 'checkpoint' parameter (the shipped "
+                                 f"default {DEFAULT_CHECKPOINT.name} is not installed)")
+            p["checkpoint"] = str(DEFAULT_CHECKPOINT)
         for name in ("input_reliability", "output_reliability"):
             if p[name] not in ("best_effort", "reliable"):
                 raise ValueError(f"parameter {name} must be best_effort or reliable, got "

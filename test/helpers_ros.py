@@ -46,7 +46,7 @@ def make_checkpoint(path: Path, variant: str = "B", input_size: tuple[int, int] 
             module.momentum = None  # a plain average over the calibration batch
             module.reset_running_stats()
     model.train()
-    with torch.no_grad():
+    with torch.no_grad(), torch_threads(1):
         noise = torch.rand(4, 3, 12, 16) * 4 - 2
         model(torch.nn.functional.interpolate(noise, size=(96, 128), mode="bilinear"))
     save_model(path, model.eval(), camvid_card(variant, input_size))
