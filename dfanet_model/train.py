@@ -1,9 +1,10 @@
 """``dfanet train``: DFANet training as in the paper's section 4, on one CPU, one GPU or many.
 
 Shape of torchvision's segmentation reference: ``get_dataset``, ``criterion``,
-``train_one_step``, ``evaluate`` (in evaluate.py) and ``main``.  The decoded training split
-lives on the training device and each step gathers, flips, scales, crops and normalises its
-batch there (augment.py), so no loader process stands between the data and the GPU.
+``train_one_step``, ``evaluate`` (in evaluate.py) and ``train``, whose loop fits one screen;
+``Job`` holds what a process trains with, ``RunDir`` what a run leaves behind.  The decoded
+training split lives on the training device and each step gathers, flips, scales, crops and
+normalises its batch there (augment.py): no loader process stands between data and GPU.
 
 Everything a run produces goes into its run directory:
   config.yaml        the resolved configuration
@@ -37,11 +38,13 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
+from tqdm import tqdm
 
 from . import distributed as dist_utils
 from .augment import BatchAugment
 from .checkpoint import (
     CheckpointError,
+    LoadedCheckpoint,
     ModelCard,
     read_checkpoint,
     save_model,
@@ -254,38 +257,91 @@ def wrap(model: nn.Module, cfg: TrainConfig, ctx: dist_utils.Context) -> nn.Modu
     return net
 
 
-def train_one_step(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                   loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                   scheduler: torch.optim.lr_scheduler.LRScheduler,
-                   scaler: torch.amp.GradScaler, precision: str) -> torch.Tensor:
-    with autocast(images.device, precision):
-        loss = loss_fn(net(images), labels)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    scheduler.step()
+@dataclass
+class Job:
+    """Everything one process trains with."""
+
+    cfg: TrainConfig
+    ctx: dist_utils.Context
+    train_data: SegmentationSplit
+    val_data: SegmentationSplit | None
+    model: DFANet              # the plain module: what checkpoints hold
+    net: nn.Module             # what a step runs: model, or its DDP / compiled wrapper
+    loss_fn: nn.CrossEntropyLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    augment: BatchAugment
+    generator: torch.Generator  # drives the augmentation; checkpointed
+
+    def batch(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's augmented batch of ``iteration`` (frames chosen statelessly)."""
+        cfg, ctx = self.cfg, self.ctx
+        idx = sample_indices(len(self.train_data), iteration, cfg.batch_size, cfg.seed,
+                             ctx.rank, ctx.world_size)
+        images, labels = self.train_data.batch(idx, ctx.device)
+        x, y = self.augment(images, labels, self.generator)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def state(self, progress: "Progress") -> dict[str, Any]:
+        """The resumable state (collective: every rank must call it)."""
+        rngs = dist_utils.all_gather_objects(rng_state(self.generator), self.ctx)
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": rngs, "config": dataclasses.asdict(self.cfg),
+                "world_size": self.ctx.world_size, **dataclasses.asdict(progress)}
+
+    def load_state(self, ckpt: LoadedCheckpoint) -> None:
+        ts = ckpt.training_state
+        self.model.load_state_dict(ckpt.state_dict, strict=True)
+        self.optimizer.load_state_dict(ts["optimizer"])
+        self.scheduler.load_state_dict(ts["scheduler"])
+        if self.scaler.is_enabled() and ts["scaler"]:
+            self.scaler.load_state_dict(ts["scaler"])
+
+
+def build_job(cfg: TrainConfig, ctx: dist_utils.Context) -> Job:
+    train_data = get_dataset(cfg, cfg.train_split, ctx.device)
+    val_data = get_dataset(cfg, cfg.val_split, ctx.device) if cfg.val_split else None
+    model = make_model(cfg, ctx)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, PolyLR(
+        cfg.iterations, cfg.poly_power, cfg.warmup_iterations, cfg.warmup_factor))
+    scaler = torch.amp.GradScaler(ctx.device.type,
+                                  enabled=cfg.precision == "fp16" and ctx.device.type == "cuda")
+    augment = BatchAugment(cfg.crop_size, cfg.scale_range, cfg.hflip, cfg.mean, cfg.std,
+                           cfg.table.ignore_index)
+    return Job(cfg, ctx, train_data, val_data, model, wrap(model, cfg, ctx),
+               criterion(cfg, train_data, ctx.device), optimizer, scheduler, scaler, augment,
+               torch.Generator().manual_seed(cfg.seed * 1000 + ctx.rank))
+
+
+def train_one_step(job: Job, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Forward, backward, update, lr step; returns the loss (on the device, no sync)."""
+    with autocast(images.device, job.cfg.precision):
+        loss = job.loss_fn(job.net(images), labels)
+    job.optimizer.zero_grad(set_to_none=True)
+    job.scaler.scale(loss).backward()
+    job.scaler.step(job.optimizer)
+    job.scaler.update()
+    job.scheduler.step()
     return loss.detach()
 
 
-@dataclass
-class Batches:
-    """The training stream: stateless frame sampling + augmentation with its own generator."""
+def evaluate_split(model: nn.Module, data: SegmentationSplit, cfg: TrainConfig,
+                   ctx: dist_utils.Context) -> EvalResult:
+    """Score ``model`` on a split, each rank a share, the confusion matrices summed."""
+    def reduce(mat: torch.Tensor) -> None:
+        mat.copy_(dist_utils.all_reduce_sum(mat.to(ctx.device), ctx).cpu())
 
-    data: SegmentationSplit
-    augment: BatchAugment
-    generator: torch.Generator
-    cfg: TrainConfig
-    ctx: dist_utils.Context
-
-    def get(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = sample_indices(len(self.data), iteration, self.cfg.batch_size, self.cfg.seed,
-                             self.ctx.rank, self.ctx.world_size)
-        images, labels = self.data.batch(idx, self.ctx.device)
-        x, y = self.augment(images, labels, self.generator)
-        if self.cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y
+    return evaluate(model, split_batches(data, ctx.device, cfg.eval_batch_size, ctx.rank,
+                                         ctx.world_size),
+                    cfg.table.num_classes, cfg.table.ignore_index, cfg.mean, cfg.std,
+                    size=cfg.eval_size, precision=cfg.precision,
+                    channels_last=cfg.channels_last, reduce=reduce)
 
 
 # ---------------------------------------------------------------- state, run dir, signals
@@ -324,13 +380,41 @@ class Progress:
     elapsed_s: float = 0.0  # training time over all sessions of this run
 
 
-class RunDir:
-    """The run directory: JSONL log and checkpoints (written by rank 0 only)."""
+def git_commit() -> str | None:
+    """The source tree's commit, when it is a git checkout (provenance)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
 
-    def __init__(self, path: Path, ctx: dist_utils.Context, keep: int) -> None:
-        self.path, self.ctx, self.keep = path, ctx, keep
-        if ctx.is_main:
+
+def make_card(cfg: TrainConfig) -> ModelCard:
+    t = cfg.table
+    return ModelCard(variant=cfg.variant.upper(), num_classes=t.num_classes,
+                     class_names=list(t.names), class_colors=[list(c) for c in t.colors],
+                     ignore_index=t.ignore_index, mean=list(cfg.mean), std=list(cfg.std),
+                     input_size=list(cfg.crop_size), dataset=cfg.dataset)
+
+
+def metrics_entry(result: EvalResult, iteration: int) -> dict[str, Any]:
+    s = result.scores
+    return _json_safe({"miou": s.miou, "iou": s.iou, "pixel_acc": s.pixel_acc,
+                       "class_acc": s.class_acc, "iteration": iteration})
+
+
+class RunDir:
+    """The run directory: JSONL log and checkpoints (files written by rank 0 only)."""
+
+    def __init__(self, path: Path, job: Job) -> None:
+        self.path, self.job, self.ctx = path, job, job.ctx
+        self.card = make_card(job.cfg)  # what every file of the run says about the model
+        self.latest: dict[str, Any] = {}  # metrics of the latest evaluation
+        self._commit = git_commit()
+        if self.ctx.is_main:
             path.mkdir(parents=True, exist_ok=True)
+            (path / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(job.cfg)))
 
     def log(self, event: str, **fields: Any) -> None:
         if self.ctx.is_main:
@@ -338,26 +422,70 @@ class RunDir:
             with open(self.path / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def save(self, name: str, state: dict[str, Any], card: ModelCard) -> None:
+    def card_for(self, progress: Progress, metrics: dict[str, Any] | None = None) -> ModelCard:
+        """The run's card with ``metrics`` (default: the latest) and provenance as of now."""
+        card = dataclasses.replace(self.card, metrics=dict(
+            self.latest if metrics is None else metrics), provenance={})
+        stamp_provenance(card, iterations=progress.iteration,
+                         train_seconds=round(progress.elapsed_s, 1), git_commit=self._commit)
+        return card
+
+    def save(self, name: str, progress: Progress, card: ModelCard) -> None:
+        state = self.job.state(progress)  # every rank takes part; rank 0 writes
         if self.ctx.is_main:
             save_training_state(self.path / name, state, card)
 
-    def snapshot(self, iteration: int) -> None:
-        """Keep last.pt as snapshot_<iteration>.pt; prune to the newest ``keep``."""
-        if not self.ctx.is_main or self.keep == 0:
+    def save_model(self, name: str, model: nn.Module, card: ModelCard) -> None:
+        if self.ctx.is_main:
+            save_model(self.path / name, model, card)
+
+    def save_last(self, progress: Progress, snapshot: bool = False) -> None:
+        """last.pt and, for periodic saves, snapshot_<iteration>.pt (newest ``keep`` kept)."""
+        self.save("last.pt", progress, self.card_for(progress))
+        keep = self.job.cfg.keep_snapshots
+        if not (snapshot and self.ctx.is_main and keep):
             return
-        target = self.path / f"snapshot_{iteration:07d}.pt"
+        target = self.path / f"snapshot_{progress.iteration:07d}.pt"
         target.unlink(missing_ok=True)
         try:
             os.link(self.path / "last.pt", target)  # same bytes, no second write
         except OSError:
             target.write_bytes((self.path / "last.pt").read_bytes())
-        for old in sorted(self.path.glob("snapshot_*.pt"))[:-self.keep]:
+        for old in sorted(self.path.glob("snapshot_*.pt"))[:-keep]:
             old.unlink()
 
-    def save_model(self, name: str, model: nn.Module, card: ModelCard) -> None:
+    def record_eval(self, progress: Progress, result: EvalResult, say: Any = print) -> None:
+        """Log a validation result; keep best.pt and best.safetensors when it is the best."""
+        cfg, s = self.job.cfg, result.scores
+        self.latest = {cfg.val_split: metrics_entry(result, progress.iteration)}
+        self.log("eval", iteration=progress.iteration, split=cfg.val_split, miou=s.miou,
+                 pixel_acc=s.pixel_acc, iou=s.iou, seconds=result.seconds)
         if self.ctx.is_main:
-            save_model(self.path / name, model, card)
+            say(f"iteration {progress.iteration}: {cfg.val_split} mIoU {100 * s.miou:.1f}, "
+                f"pixel acc {100 * s.pixel_acc:.1f}")
+        if s.miou > progress.best_miou:
+            progress.best_miou, progress.best_iteration = s.miou, progress.iteration
+            card = self.card_for(progress)
+            self.save("best.pt", progress, card)
+            self.save_model("best.safetensors", self.job.model, card)
+
+    def restore(self) -> tuple[Progress, list[dict[str, Any]]]:
+        """Load last.pt into the job; return its progress and the per-rank RNG states."""
+        ckpt = read_checkpoint(self.path / "last.pt")
+        ts, cfg, ctx = ckpt.training_state, self.job.cfg, self.ctx
+        saved = ts.get("config", {})
+        changed = {k: (saved[k], v) for k, v in dataclasses.asdict(cfg).items()
+                   if k in saved and saved[k] != v}
+        if changed and ctx.is_main:
+            print("resuming with changed settings: " + ", ".join(
+                f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()), file=sys.stderr)
+        if ts.get("world_size", 1) != ctx.world_size and ctx.is_main:
+            print(f"resuming a {ts['world_size']}-process run with {ctx.world_size}: the "
+                  f"frame order changes from here on", file=sys.stderr)
+        self.job.load_state(ckpt)
+        self.latest = dict(ckpt.card.metrics)
+        return (Progress(ts["iteration"], ts["best_miou"], ts["best_iteration"],
+                         ts["elapsed_s"]), ts["rng"])
 
 
 class StopSignals:
@@ -387,218 +515,135 @@ class StopSignals:
               f"(send it again to stop at once)", file=sys.stderr, flush=True)
 
 
-def git_commit() -> str | None:
-    """The source tree's commit, when it is a git checkout (provenance)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+class LossMeter:
+    """Sums step losses on the device; reading it (once per log interval) is the host sync."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.total = torch.zeros((), device=device)
+        self.steps, self.since = 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.total += loss
+        self.steps += 1
+
+    def read(self, images_per_step: int, iteration: int) -> tuple[float, float]:
+        """Mean loss and images/s since the last read."""
+        loss = self.total.item() / self.steps
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss} at iteration {iteration}: "
+                                     f"lower lr or check data")
+        speed = self.steps * images_per_step / (time.perf_counter() - self.since)
+        self.total.zero_()
+        self.steps, self.since = 0, time.perf_counter()
+        return loss, speed
 
 
-def make_card(cfg: TrainConfig) -> ModelCard:
-    t = cfg.table
-    return ModelCard(variant=cfg.variant.upper(), num_classes=t.num_classes,
-                     class_names=list(t.names), class_colors=[list(c) for c in t.colors],
-                     ignore_index=t.ignore_index, mean=list(cfg.mean), std=list(cfg.std),
-                     input_size=list(cfg.crop_size), dataset=cfg.dataset)
-
-
-def metrics_entry(result: EvalResult, iteration: int) -> dict[str, Any]:
-    s = result.scores
-    return _json_safe({"miou": s.miou, "iou": s.iou, "pixel_acc": s.pixel_acc,
-                       "class_acc": s.class_acc, "iteration": iteration})
+@dataclass
+class RunOptions:
+    resume: bool = False
+    time_budget_s: float = 0.0
+    stop_after: int = 0
+    benchmark_steps: int = 0
 
 
 # ---------------------------------------------------------------- main
 
 
-def main(cfg: TrainConfig, run_dir: Path, resume: bool = False, time_budget_s: float = 0,
-         stop_after: int = 0, benchmark_steps: int = 0) -> int:
+def main(cfg: TrainConfig, run_dir: Path, opts: RunOptions | None = None) -> int:
+    """Join the process group (if started by torchrun), train, leave the group."""
     ctx = dist_utils.init(cfg.device)
     try:
-        return _train(cfg, run_dir, resume, time_budget_s, stop_after, benchmark_steps, ctx)
+        return train(cfg, run_dir, opts or RunOptions(), ctx)
     finally:
         dist_utils.shutdown(ctx)
 
 
-def _train(cfg: TrainConfig, run_dir: Path, resume: bool, time_budget_s: float,
-           stop_after: int, benchmark_steps: int, ctx: dist_utils.Context) -> int:
+def train(cfg: TrainConfig, run_dir: Path, opts: RunOptions, ctx: dist_utils.Context) -> int:
+    """The training loop; returns the exit code (0, or 128 + signal after saving)."""
     started = time.perf_counter()
-    if not benchmark_steps and not resume and (run_dir / "last.pt").exists():
+    if not (opts.benchmark_steps or opts.resume) and (run_dir / "last.pt").exists():
         raise ConfigError(f"run directory {run_dir} already holds last.pt: pass --resume to "
                           f"continue that run, or choose another --run-dir")
-    train_data = get_dataset(cfg, cfg.train_split, ctx.device)
-    val_data = get_dataset(cfg, cfg.val_split, ctx.device) if cfg.val_split else None
-    model = make_model(cfg, ctx)
-    loss_fn = criterion(cfg, train_data, ctx.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, PolyLR(
-        cfg.iterations, cfg.poly_power, cfg.warmup_iterations, cfg.warmup_factor))
-    scaler = torch.amp.GradScaler(ctx.device.type,
-                                  enabled=cfg.precision == "fp16" and ctx.device.type == "cuda")
-    generator = torch.Generator().manual_seed(cfg.seed * 1000 + ctx.rank)
-    augment = BatchAugment(cfg.crop_size, cfg.scale_range, cfg.hflip, cfg.mean, cfg.std,
-                           cfg.table.ignore_index)
-    batches = Batches(train_data, augment, generator, cfg, ctx)
-    net = wrap(model, cfg, ctx)
-    if benchmark_steps:
-        return benchmark(net, batches, loss_fn, optimizer, scheduler, scaler, cfg, ctx,
-                         benchmark_steps)
-
-    run = RunDir(run_dir, ctx, cfg.keep_snapshots)
-    card = make_card(cfg)  # what every file of the run says about the model
-    latest: dict[str, Any] = {}  # metrics of the latest evaluation (they go into last.pt)
-    progress, saved_rngs = Progress(), None
-    if resume:
-        progress, saved_rngs = restore(run_dir / "last.pt", cfg, model, optimizer, scheduler,
-                                       scaler, ctx)
-    if ctx.is_main:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg)))
-    run.log("resume" if resume else "start", iteration=progress.iteration,
-            world_size=ctx.world_size, device=str(ctx.device), train_frames=len(train_data),
-            global_batch=cfg.batch_size * ctx.world_size, loss_weights=None
-            if loss_fn.weight is None else loss_fn.weight.tolist())
-
-    def state() -> dict[str, Any]:
-        rngs = dist_utils.all_gather_objects(rng_state(generator), ctx)
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "rng": rngs, "config": dataclasses.asdict(cfg), "world_size": ctx.world_size,
-                **dataclasses.asdict(progress)}
-
-    def card_now(metrics: dict[str, Any]) -> ModelCard:
-        now = dataclasses.replace(card, metrics=dict(metrics), provenance={})
-        stamp(now, progress)
-        return now
-
-    def evaluate_val() -> None:
-        result = evaluate_split(model, val_data, cfg, ctx)
-        latest.clear()
-        latest[cfg.val_split] = metrics_entry(result, progress.iteration)
-        run.log("eval", iteration=progress.iteration, split=cfg.val_split,
-                miou=result.scores.miou, pixel_acc=result.scores.pixel_acc,
-                iou=result.scores.iou, seconds=result.seconds)
-        if ctx.is_main:
-            bar.write(f"iteration {progress.iteration}: {cfg.val_split} mIoU "
-                      f"{100 * result.scores.miou:.1f}, pixel acc "
-                      f"{100 * result.scores.pixel_acc:.1f}", file=sys.stderr)
-        if result.scores.miou > progress.best_miou:
-            progress.best_miou, progress.best_iteration = result.scores.miou, progress.iteration
-            best_card = card_now(latest)
-            run.save("best.pt", state(), best_card)
-            run.save_model("best.safetensors", model, best_card)
-
-    from tqdm import tqdm
-    bar = tqdm(total=cfg.iterations, initial=progress.iteration, unit="it", dynamic_ncols=True,
-               disable=not (ctx.is_main and cfg.progress), file=sys.stderr)
-    if saved_rngs:  # restored last, just before the first step: model building used some
-        set_rng_state(saved_rngs[ctx.rank % len(saved_rngs)], generator)
-    loss_sum, window_start, window_iters, step_times = torch.zeros((), device=ctx.device), \
-        time.perf_counter(), 0, []
-    reason = None
-    with StopSignals() as signals:
-        while progress.iteration < cfg.iterations:
+    job = build_job(cfg, ctx)
+    if opts.benchmark_steps:
+        return benchmark(job, opts.benchmark_steps)
+    run = RunDir(run_dir, job)
+    progress, rngs = run.restore() if opts.resume else (Progress(), [])
+    run.log("resume" if opts.resume else "start", iteration=progress.iteration,
+            world_size=ctx.world_size, device=str(ctx.device), train_frames=len(job.train_data),
+            global_batch=cfg.batch_size * ctx.world_size,
+            loss_weights=None if job.loss_fn.weight is None else job.loss_fn.weight.tolist())
+    if rngs:  # restored last, just before the first step: building the job drew from them
+        set_rng_state(rngs[ctx.rank % len(rngs)], job.generator)
+    meter, step_times, reason = LossMeter(ctx.device), [], None
+    with StopSignals() as signals, tqdm(total=cfg.iterations, initial=progress.iteration,
+                                        disable=not (ctx.is_main and cfg.progress),
+                                        unit="it", dynamic_ncols=True) as bar:
+        while progress.iteration < cfg.iterations and not reason:
             t0 = time.perf_counter()
-            images, labels = batches.get(progress.iteration)
-            loss_sum += train_one_step(net, images, labels, loss_fn, optimizer, scheduler,
-                                       scaler, cfg.precision)
+            meter.add(train_one_step(job, *job.batch(progress.iteration)))
             progress.iteration += 1
-            window_iters += 1
+            it = progress.iteration
             bar.update(1)
-            if progress.iteration % cfg.log_every == 0 or progress.iteration == cfg.iterations:
-                loss = loss_sum.item() / window_iters  # the only host sync of a step
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"training loss became {loss} at iteration "
-                                             f"{progress.iteration}: lower lr or check data")
-                speed = window_iters * cfg.batch_size * ctx.world_size / (
-                    time.perf_counter() - window_start)
-                lr = scheduler.get_last_lr()[0]
+            if it % cfg.log_every == 0 or it == cfg.iterations:
+                loss, speed = meter.read(cfg.batch_size * ctx.world_size, it)
+                lr = job.scheduler.get_last_lr()[0]
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
-                run.log("train", iteration=progress.iteration, loss=loss, lr=lr,
-                        images_per_s=speed)
-                loss_sum.zero_()
-                window_start, window_iters = time.perf_counter(), 0
-            if val_data is not None and (progress.iteration == cfg.iterations or (
-                    cfg.eval_every and progress.iteration % cfg.eval_every == 0)):
-                evaluate_val()
+                run.log("train", iteration=it, loss=loss, lr=lr, images_per_s=speed)
+            if job.val_data is not None and (it == cfg.iterations or (
+                    cfg.eval_every and it % cfg.eval_every == 0)):
+                run.record_eval(progress, evaluate_split(job.model, job.val_data, cfg, ctx),
+                                say=lambda text: bar.write(text, file=sys.stderr))
             step_times.append(time.perf_counter() - t0)
             progress.elapsed_s += step_times[-1]
-            if progress.iteration % cfg.save_every == 0 and progress.iteration < cfg.iterations:
-                run.save("last.pt", state(), card_now(latest))
-                run.snapshot(progress.iteration)
-            reason = stop_reason(signals, stop_after, progress.iteration, started,
-                                 time_budget_s, step_times, ctx)
-            if reason:
-                break
-    bar.close()
-    run.save("last.pt", state(), card_now(latest))
+            if it % cfg.save_every == 0 and it < cfg.iterations:
+                run.save_last(progress, snapshot=True)
+            reason = stop_reason(signals, opts, it, started, step_times, ctx)
+    run.save_last(progress)
     if reason:
         run.log("stop", iteration=progress.iteration, reason=reason)
         if ctx.is_main:
             print(f"stopped at iteration {progress.iteration}/{cfg.iterations} ({reason}); "
                   f"saved {run_dir / 'last.pt'}; continue with --resume", file=sys.stderr)
         return 128 + signals.received if signals.received else 0
-    finish(cfg, run, model, card_now(latest), progress, ctx)
+    finish(job, run, progress)
     return 0
 
 
-def stop_reason(signals: StopSignals, stop_after: int, iteration: int, started: float,
-                time_budget_s: float, step_times: list[float], ctx: dist_utils.Context
-                ) -> str | None:
-    """Why to stop now (agreed by all ranks), or None to go on."""
+def stop_reason(signals: StopSignals, opts: RunOptions, iteration: int, started: float,
+                step_times: list[float], ctx: dist_utils.Context) -> str | None:
+    """Why to stop now (agreed by all ranks, so they stop at the same step), or None."""
     reason = None
     if signals.received:
         reason = signal.Signals(signals.received).name
-    elif stop_after and iteration >= stop_after:
-        reason = f"--stop-after {stop_after}"
-    elif time_budget_s:
+    elif opts.stop_after and iteration >= opts.stop_after:
+        reason = f"--stop-after {opts.stop_after}"
+    elif opts.time_budget_s:
         # Leave room for two more of the slowest recent steps (one may evaluate) and a save.
         margin = 2 * max(step_times[-20:]) + 2.0
-        if time.perf_counter() - started + margin > time_budget_s:
-            reason = f"time budget {time_budget_s / 60:g} min"
+        if time.perf_counter() - started + margin > opts.time_budget_s:
+            reason = f"time budget {opts.time_budget_s / 60:g} min"
     if dist_utils.any_true(reason is not None, ctx):
         return reason or "another process stopped"
     return None
 
 
-def stamp(card: ModelCard, progress: Progress) -> None:
-    stamp_provenance(card, iterations=progress.iteration,
-                     train_seconds=round(progress.elapsed_s, 1), git_commit=git_commit())
-
-
-def evaluate_split(model: nn.Module, data: SegmentationSplit, cfg: TrainConfig,
-                   ctx: dist_utils.Context) -> EvalResult:
-    """Score ``model`` on a split, each rank a share, the confusion matrices summed."""
-    def reduce(mat: torch.Tensor) -> None:
-        mat.copy_(dist_utils.all_reduce_sum(mat.to(ctx.device), ctx).cpu())
-
-    return evaluate(model, split_batches(data, ctx.device, cfg.eval_batch_size, ctx.rank,
-                                         ctx.world_size),
-                    cfg.table.num_classes, cfg.table.ignore_index, cfg.mean, cfg.std,
-                    size=cfg.eval_size, precision=cfg.precision,
-                    channels_last=cfg.channels_last, reduce=reduce)
-
-
-def finish(cfg: TrainConfig, run: RunDir, model: nn.Module, card: ModelCard,
-           progress: Progress, ctx: dist_utils.Context) -> None:
+def finish(job: Job, run: RunDir, progress: Progress) -> None:
     """After the last iteration: score the kept weights on the test split and record it.
 
     The kept weights are best.pt's (chosen on val) or, without a val split, the final ones.
     """
-    trained = model
+    cfg, ctx = job.cfg, job.ctx
     best = run.path / "best.pt"
     dist_utils.barrier(ctx)  # rank 0 has written best.pt
     if best.exists():
         ckpt = read_checkpoint(best)
-        model = ckpt.card.build_model().to(ctx.device)
+        model, card = ckpt.card.build_model().to(ctx.device), ckpt.card
         model.load_state_dict(ckpt.state_dict)
-        card = ckpt.card
+    else:
+        model, card = job.model, run.card_for(progress)
     if cfg.test_split:
-        test = get_dataset(cfg, cfg.test_split, ctx.device)
-        result = evaluate_split(model, test, cfg, ctx)
+        result = evaluate_split(model, get_dataset(cfg, cfg.test_split, ctx.device), cfg, ctx)
         iteration = progress.best_iteration if best.exists() else progress.iteration
         card.metrics[cfg.test_split] = metrics_entry(result, iteration)
         run.log("eval", iteration=iteration, split=cfg.test_split, miou=result.scores.miou,
@@ -611,7 +656,7 @@ def finish(cfg: TrainConfig, run: RunDir, model: nn.Module, card: ModelCard,
     run.save_model("best.safetensors", model, card)
     run.log("end", iteration=progress.iteration, best_miou=progress.best_miou,
             best_iteration=progress.best_iteration, elapsed_s=progress.elapsed_s,
-            replicas_identical=replicas_identical(trained, ctx))
+            replicas_identical=replicas_identical(job.model, ctx))
     if ctx.is_main:
         best_text = (f"best {cfg.val_split} mIoU {100 * progress.best_miou:.1f} at iteration "
                      f"{progress.best_iteration}; " if best.exists() else "")
@@ -629,34 +674,10 @@ def replicas_identical(model: nn.Module, ctx: dist_utils.Context) -> bool | None
     return len(set(dist_utils.all_gather_objects(digest.hexdigest(), ctx))) == 1
 
 
-def restore(path: Path, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Any, scaler: torch.amp.GradScaler, ctx: dist_utils.Context
-            ) -> tuple[Progress, list[dict[str, Any]]]:
-    """Load last.pt into the run's objects; return its progress and per-rank RNG states."""
-    ckpt = read_checkpoint(path)
-    ts = ckpt.training_state
-    saved = ts.get("config", {})
-    changed = {k: (saved.get(k), v) for k, v in dataclasses.asdict(cfg).items()
-               if k in saved and saved[k] != v}
-    if changed and ctx.is_main:
-        print("resuming with changed settings: " + ", ".join(
-            f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()), file=sys.stderr)
-    if ts.get("world_size", 1) != ctx.world_size and ctx.is_main:
-        print(f"resuming a {ts['world_size']}-process run with {ctx.world_size}: the frame "
-              f"order changes from here on", file=sys.stderr)
-    model.load_state_dict(ckpt.state_dict, strict=True)
-    optimizer.load_state_dict(ts["optimizer"])
-    scheduler.load_state_dict(ts["scheduler"])
-    if scaler.is_enabled() and ts["scaler"]:
-        scaler.load_state_dict(ts["scaler"])
-    return (Progress(ts["iteration"], ts["best_miou"], ts["best_iteration"], ts["elapsed_s"]),
-            ts["rng"])
-
-
-def benchmark(net: nn.Module, batches: Batches, loss_fn: nn.Module,
-              optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
-              cfg: TrainConfig, ctx: dist_utils.Context, steps: int, warmup: int = 3) -> int:
+def benchmark(job: Job, steps: int, warmup: int = 3) -> int:
     """Time training steps (data + augmentation, and forward/backward/update) and print them."""
+    cfg, ctx = job.cfg, job.ctx
+
     def sync() -> None:
         if ctx.device.type == "cuda":
             torch.cuda.synchronize(ctx.device)
@@ -665,17 +686,15 @@ def benchmark(net: nn.Module, batches: Batches, loss_fn: nn.Module,
     for i in range(warmup + steps):
         sync()
         t0 = time.perf_counter()
-        images, labels = batches.get(i)
+        images, labels = job.batch(i)
         sync()
         t1 = time.perf_counter()
-        train_one_step(net, images, labels, loss_fn, optimizer, scheduler, scaler,
-                       cfg.precision)
+        train_one_step(job, images, labels)
         sync()
         if i >= warmup:
             data_s.append(t1 - t0)
             step_s.append(time.perf_counter() - t1)
-    total = [a + b for a, b in zip(data_s, step_s, strict=True)]
-    med = statistics.median(total)
+    med = statistics.median([a + b for a, b in zip(data_s, step_s, strict=True)])
     if ctx.is_main:
         h, w = cfg.crop_size
         print(f"DFANet {cfg.variant.upper()}, batch {cfg.batch_size} x {ctx.world_size} "
@@ -720,8 +739,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     run_dir = args.run_dir or Path("runs") / (args.config.stem if args.config else "train")
     try:
-        return main(cfg, run_dir, args.resume, args.time_budget * 60, args.stop_after,
-                    args.benchmark_steps)
+        return main(cfg, run_dir, RunOptions(args.resume, args.time_budget * 60,
+                                             args.stop_after, args.benchmark_steps))
     except (ConfigError, DataError, CheckpointError, FloatingPointError) as e:
         print(f"dfanet train: {e}", file=sys.stderr)
         return 1
