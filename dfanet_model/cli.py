@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("dfanet_model.info", "parameters and FLOPs of each variant beside the paper's"),
     "bench": ("dfanet_model.bench", "time the model (each mode) and the engine; prints figures"),
     "bag": ("dfanet_ros.bag_cli", "make rosbag2 drives from images; score the node on a bag"),
+    "demo": ("dfanet_ros.demo", "replay the shipped sample drive through the node: mIoU, latency"),
     "train": ("dfanet_model.train", "train DFANet (YAML config, resume, torchrun multi-GPU)"),
     "eval": ("dfanet_model.evaluate", "mIoU, per-class IoU and pixel accuracy on a dataset split"),
     "export": ("dfanet_model.export", "TorchScript / ONNX export, checked against PyTorch"),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,12 @@ from dfanet_model.cli import main as dfanet
 from dfanet_model.metrics import ConfusionMatrix
 from dfanet_model.network import build_dfanet
 from dfanet_ros.bag import BagReader, BagWriter, image_message, typestore
-from dfanet_ros.bag_eval import EvalOptions, Scorer, _plan, build_result
+from dfanet_ros.bag_eval import EvalOptions, Scorer, _plan, build_result, evaluate
 from dfanet_ros.bag_make import make_bag
 from dfanet_ros.report import IOU_PNG, LATENCY_PNG, REPORT_JSON, SUMMARY_MD, write_report
 
 T0 = 1_700_000_000_000_000_000
+ROS_DOMAIN = 140  # this module's own DDS domain
 PERIOD = 100_000_000
 
 
@@ -173,3 +175,37 @@ def test_missing_default_checkpoint_is_named(tmp_path, capsys, sample_camvid, mo
     assert code == 1
     assert "no checkpoint given and no default checkpoint is installed" in err
     assert "absent.safetensors" in err
+
+
+def _children() -> set[int]:
+    """Live child processes of this test process (its main thread's, where Popen runs)."""
+    pid = os.getpid()
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return {int(c) for c in text.split()}
+
+
+def test_online_equals_offline_on_a_bag_replayed_without_drops(tmp_path, checkpoint,
+                                                               sample_camvid, monkeypatch):
+    """The node over DDS and the engine in-process give the same confusion matrix."""
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(ROS_DOMAIN))
+    made = make_bag(tmp_path / "bag", sample_camvid, limit=4, start_ns=T0)
+    common = dict(bag=made.path, checkpoint=checkpoint, progress=False, overlays=2, timeout=60.0)
+    offline, _ = evaluate(EvalOptions(mode="offline", **common))
+    before = _children()
+    online, snapshots = evaluate(EvalOptions(mode="online", as_fast_as_possible=True,
+                                             out=tmp_path / "report", **common))
+    assert _children() <= before  # the node process is gone
+    assert "configured: DFANet B" in (tmp_path / "report" / "node.log").read_text()
+
+    for result in (online, offline):
+        f = result["frames"]
+        assert (f["sent"], f["answered"], f["dropped"], f["scored"]) == (4, 4, 0, 4)
+        assert result["device"] == "cpu"
+    matrix = np.array(online["confusion_matrix"])
+    assert matrix.sum() > 0.9 * 4 * 360 * 480  # every frame scored, a few void pixels left out
+    assert (matrix.sum(axis=0) > 0).sum() >= 2, "predictions of one class prove little"
+    assert online["confusion_matrix"] == offline["confusion_matrix"]
+    assert online["miou"] == offline["miou"]
+    assert online["node_latency_ms"]["inference"]["p50"] > 0
+    assert [name for name, _ in snapshots] == ["frame00000.png", "frame00003.png"]
+    assert snapshots[0][1].shape == (360, 960, 3)  # prediction beside ground truth
