@@ -359,7 +359,7 @@ class SegmentationEngine:
             with torch.no_grad(), torch.cuda.graph(graph, pool=plan.graph_pool):
                 self._pipeline(plan, outputs)
             plan.graph_pool = graph.pool()
-        except RuntimeError as e:  # an op that cannot be captured: run eagerly instead
+        except Exception as e:  # an op or backend that cannot be captured: run eagerly
             plan.graph_failed = True
             torch.cuda.synchronize(self.device)
             log.warning("engine: CUDA graph capture failed for %dx%d %s (%s); running eagerly",

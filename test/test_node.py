@@ -291,6 +291,26 @@ def test_overlay_alpha_changes_at_run_time(client, node, frame):
         close_all(cols)
 
 
+def test_publish_switches_change_at_run_time(client, node, frame):
+    cols = collectors(client, CAMERA, ("label", "overlay"))
+    image = np.ascontiguousarray(frame[::4, ::4])
+    try:
+        (result,) = client.set_parameters("dfanet_segmentation", {"publish_overlay": False})
+        assert result.successful
+        first, _ = exchange(client, node, CAMERA, lambda s: image_message(image, "rgb8", s),
+                            {"label": cols["label"]})
+        # Answers leave in order (label, color, overlay, info), so none can still be coming.
+        second, _ = exchange(client, node, CAMERA, lambda s: image_message(image, "rgb8", s),
+                             {"label": cols["label"]})
+        stamps = [(m.header.stamp.sec, m.header.stamp.nanosec) for m in (first, second)]
+        assert not any(cols["overlay"].by_stamp.get(s) for s in stamps)
+        client.set_parameters("dfanet_segmentation", {"publish_overlay": True})
+        exchange(client, node, CAMERA, lambda s: image_message(image, "rgb8", s), cols)
+    finally:
+        client.set_parameters("dfanet_segmentation", {"publish_overlay": True})
+        close_all(cols)
+
+
 def test_only_watched_outputs_are_computed(client, node, frame, diagnostics):
     image = np.ascontiguousarray(frame[::4, ::4])
     cols = collectors(client, LAZY, ("label",))
