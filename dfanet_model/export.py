@@ -102,7 +102,13 @@ def load_exported(path: Path, fmt: str):
     """A callable float tensor -> tensor running the exported file (its own runtime)."""
     if fmt == "torchscript":
         module = torch.jit.load(str(path), map_location="cpu").eval()
-        return lambda x: module(x)
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            # The graph as saved: the profiling executor would spend seconds specialising it
+            # for each new size before its first result, and it is the graph that is checked.
+            with torch.jit.optimized_execution(False):
+                return module(x)
+        return run
     import onnxruntime as ort
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
