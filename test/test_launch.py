@@ -93,7 +93,7 @@ def test_launch_arguments_are_declared_and_used(launch_tree, calls, arguments):
                                    f"unused: {set(arguments) - used}"
 
 
-def test_executable_is_installed_and_starts_the_node(launch_tree, calls, tmp_path):
+def test_executable_is_installed(launch_tree, calls):
     constants = _module_constants(launch_tree)
 
     def value(node):
@@ -111,13 +111,8 @@ def test_executable_is_installed_and_starts_the_node(launch_tree, calls, tmp_pat
     assert re.search(r"install\(DIRECTORY [^)]*\blaunch\b[^)]*DESTINATION share/", cmake)
     script = REPO / "scripts" / "segmentation_node"
     assert os.access(script, os.X_OK) and script.read_text().startswith("#!/usr/bin/env python3")
-    # The installed executable really is the node: it starts and refuses a missing file.
-    result = subprocess.run(
-        [sys.executable, str(script), "--ros-args", "-p",
-         f"checkpoint:={tmp_path / 'none.safetensors'}"], env=ros_env(DOMAIN + 1),
-        capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert result.returncode == 1, result.stderr
-    assert "none.safetensors: file not found" in result.stderr
+    assert "from dfanet_ros.segmentation_node import main" in script.read_text()
+    # test_node.py runs this script (a start-up failure and its exit status).
 
 
 def test_files_the_launch_names_exist(calls):

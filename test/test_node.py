@@ -11,6 +11,7 @@ import pytest
 from dfanet_ros.msg import ClassMap, SegmentationInfo
 from diagnostic_msgs.msg import DiagnosticArray
 from helpers_ros import (
+    REPO,
     SMALL_INPUT,
     NodeProcess,
     RosClient,
@@ -471,9 +472,12 @@ def test_start_up_failures_exit_with_one_clear_line(tmp_path, checkpoint):
     if not torch.cuda.is_available():
         cases["cuda"] = ({"checkpoint": checkpoint, "device": "cuda"}, 1, "cannot configure",
                          "'cuda' requested but CUDA is not available")
-    procs = {name: NodeProcess(node_command({"cpu_threads": 1, **params}),
-                               ros_env(DOMAIN + 1))
-             for name, (params, *_) in cases.items()}
+    commands = {name: node_command({"cpu_threads": 1, **params})
+                for name, (params, *_) in cases.items()}
+    # The missing-checkpoint case runs the executable the launch file starts, as installed.
+    commands["missing"][1:3] = [str(REPO / "scripts" / "segmentation_node")]
+    procs = {name: NodeProcess(command, ros_env(DOMAIN + 1))
+             for name, command in commands.items()}
     try:
         for name, proc in procs.items():
             _, code, head, text = cases[name]
