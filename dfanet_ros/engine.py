@@ -129,10 +129,6 @@ class _Plan:
     graph_pool: object | None = None
     graph_failed: bool = False
 
-    @property
-    def key(self) -> tuple[int, int, str]:
-        return (self.height, self.width, self.encoding)
-
 
 class SegmentationEngine:
     """DFANet inference with preallocated buffers; see the module docstring."""
@@ -327,7 +323,7 @@ class SegmentationEngine:
         else:
             x = torch.mul(image, self._scale, out=plan.norm).add_(self._shift)
         small = _argmax_classes(self.model(x))  # (h, w) int64
-        flat = small.view(-1)
+        flat = small.reshape(-1)
         plan.dev_counts.zero_().index_add_(0, flat, plan.pixel_weight)
         if "label" in outputs:
             _upsample(small.to(torch.uint8), plan, plan.dev_label, plan.tmp_label)
