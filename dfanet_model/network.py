@@ -105,6 +105,11 @@ class XceptionBlock(nn.Module):
         else:
             self.shortcut = nn.Identity()
 
+    @property
+    def last_norm(self) -> nn.Module:
+        """The residual branch's final norm layer (zeroed at initialisation)."""
+        return self.convs[-1][-1][1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Not in place: the shortcut still needs x for the backward pass.
         return F.relu(self.convs(x) + self.shortcut(x))
@@ -233,7 +238,10 @@ class DFANet(nn.Module):
     def _init_weights(self) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                # A depthwise filter sees 9 inputs and feeds 9 outputs; torch's fan_out would
+                # count all its channels, so use fan_in (= 9) there.
+                mode = "fan_in" if m.groups > 1 else "fan_out"
+                nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm)):
@@ -242,6 +250,12 @@ class DFANet(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0.0, 0.01)
                 nn.init.zeros_(m.bias)
+        # Each residual branch starts as zero, so every block starts as its shortcut: without
+        # this, 42 chained blocks amplify the gradient ~1.5-2x each and training from scratch
+        # blows up in the first step (as torchvision's zero_init_residual, for the same reason).
+        for m in self.modules():
+            if isinstance(m, XceptionBlock):
+                nn.init.zeros_(m.last_norm.weight)
 
 
 def build_dfanet(variant: str = "A", num_classes: int = 19,
