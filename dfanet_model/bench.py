@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .checkpoint import ModelCard, load_model
-from .fast import ImageToLabels, capture_cuda_graph, prepare_for_inference
+from .fast import ImageToLabels, capture_cuda_graph, prepare_for_inference, prepare_labels
 from .network import VARIANTS, build_dfanet
 
 SIZES: tuple[tuple[int, int], ...] = (
@@ -44,7 +44,8 @@ MODES: dict[str, tuple[tuple[str, ...], str]] = {
     "compile": (("cpu", "cuda"), "torch.compile of the folded model (CUDA: fp16 channels-last "
                                  "in a CUDA graph)"),
     "labels": (("cpu", "cuda"), "uint8 RGB image on the device -> uint8 labels (CPU: the auto "
-                                "backend; CUDA: fp16 channels-last in a CUDA graph)"),
+                                "backend, argmax inside; CUDA: fp16 channels-last in a CUDA "
+                                "graph)"),
     "labels-compile": (("cuda",), "as labels, the whole path torch.compile'd, in a CUDA graph"),
 }
 DEFAULT_MODES = {"cpu": ("eager", "folded", "onnxruntime"),
@@ -212,13 +213,13 @@ def _build(mode: str, model: nn.Module, card: ModelCard, device: torch.device,
         return capture_cuda_graph(prepared, x), x
     if mode == "labels":
         if not cuda:
-            return ImageToLabels(prepare_for_inference(model, device), card.mean, card.std), image
-        prepared = prepare_for_inference(model, device, half=True, backend="eager")
-        pipeline = ImageToLabels(prepared, card.mean, card.std, torch.float16).to(device)
+            return prepare_labels(model, card.mean, card.std, device), image
+        pipeline = prepare_labels(model, card.mean, card.std, device, half=True,
+                                  backend="eager")
         return capture_cuda_graph(pipeline, image), image
     if mode == "labels-compile":
-        prepared = prepare_for_inference(model, device, half=True, backend="eager")
-        pipeline = ImageToLabels(prepared, card.mean, card.std, torch.float16).to(device)
+        pipeline = prepare_labels(model, card.mean, card.std, device, half=True,
+                                  backend="eager")
         compiled = torch.compile(pipeline, mode=compile_mode, dynamic=False)
         if compile_mode in _COMPILE_MODES_WITH_GRAPHS:
             return _graph_tree_step(compiled), image

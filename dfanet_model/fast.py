@@ -89,7 +89,7 @@ class _PerShape(nn.Module):
         super().__init__()
         self.model = model
         self._build = build
-        self._name = name
+        self.backend = name
         self._cache: dict[tuple, Callable] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,7 +100,7 @@ class _PerShape(nn.Module):
         return run(x)
 
     def extra_repr(self) -> str:
-        return f"backend={self._name}, shapes={[k[0] for k in self._cache]}"
+        return f"backend={self.backend}, shapes={[k[0] for k in self._cache]}"
 
 
 class _Prepared(nn.Module):
@@ -140,7 +140,7 @@ def _ort_build(model: nn.Module, x: torch.Tensor) -> Callable:
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (x.contiguous(),), buffer, input_names=["image"],
-                          output_names=["logits"], dynamo=False, opset_version=17)
+                          output_names=["output"], dynamo=False, opset_version=17)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = torch.get_num_threads()
@@ -204,6 +204,7 @@ class ImageToLabels(nn.Module):
         super().__init__()
         self.model = model
         self.dtype = dtype
+        self.backend = getattr(model, "backend", "eager")
         mean_t = torch.tensor(mean, dtype=torch.float64).reshape(1, 3, 1, 1)
         std_t = torch.tensor(std, dtype=torch.float64).reshape(1, 3, 1, 1)
         # (x / 255 - mean) / std == x * scale + shift
@@ -220,6 +221,24 @@ class ImageToLabels(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         logits = self.model(self.normalise(image).to(self.dtype))
         return logits.argmax(dim=1).to(torch.uint8)
+
+
+def prepare_labels(model: nn.Module, mean: Sequence[float], std: Sequence[float],
+                   device: torch.device | str = "cpu", half: bool = False,
+                   channels_last: bool = True, backend: str = "auto") -> nn.Module:
+    """``prepare_for_inference`` for the whole uint8-image-to-labels path (``ImageToLabels``).
+
+    With the onnxruntime backend the normalisation and the argmax go into the ONNX graph too:
+    torch's argmax over the channels of an NCHW tensor is several times slower on the CPU
+    than ONNX Runtime's ArgMax (measured in BENCHMARKS.md).
+    """
+    device = torch.device(device)
+    prepared = prepare_for_inference(model, device, half, channels_last, backend)
+    dtype = torch.float16 if half else torch.float32
+    if prepared.backend != "onnxruntime":
+        return ImageToLabels(prepared, mean, std, dtype).to(device).eval()
+    pipeline = ImageToLabels(prepared.inner.model, mean, std, dtype).eval()
+    return _PerShape(pipeline, _ort_build, "onnxruntime").eval()
 
 
 def capture_cuda_graph(fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor,

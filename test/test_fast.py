@@ -15,6 +15,7 @@ from dfanet_model.fast import (
     fold_batch_norms,
     fold_conv_bn,
     prepare_for_inference,
+    prepare_labels,
 )
 from dfanet_model.network import build_dfanet
 
@@ -169,3 +170,20 @@ def test_image_to_labels_matches_normalise_then_argmax() -> None:
 def test_cuda_graph_refuses_a_cpu_tensor() -> None:
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA tensor, got one on cpu"):
         capture_cuda_graph(nn.Identity(), torch.zeros(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("backend", ["eager", "onnxruntime"])
+def test_prepare_labels_matches_eager_labels(backend: str) -> None:
+    if backend == "onnxruntime" and not HAS_ORT:
+        pytest.skip("onnxruntime is not installed")
+    model = _trained_like("A")
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    image = torch.randint(0, 256, (1, 45, 61, 3), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(6))
+    labels = prepare_labels(model, mean, std, backend=backend)
+    assert labels.backend == backend
+    with torch.inference_mode():
+        ref = model(ImageToLabels(nn.Identity(), mean, std).normalise(image)).argmax(1)
+        out = labels(image)
+    assert out.dtype == torch.uint8 and out.shape == (1, 45, 61)
+    assert (out.long() == ref).float().mean().item() > MIN_ARGMAX_AGREEMENT
