@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="model checkpoint (default: the shipped one)")
     ev.add_argument("--mode", choices=("online", "offline"), default="online",
                     help="online: through the node over DDS (default); offline: the engine "
-                         "in this process, no ROS")
+                         "in this process, no DDS and no node")
     pace = ev.add_mutually_exclusive_group()
     pace.add_argument("--rate", type=_positive, default=None, metavar="HZ",
                       help="send at HZ frames/s (not a multiplier as in `ros2 bag play`); "
@@ -90,7 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto)")
     ev.add_argument("--connect", action="store_true",
                     help="use a segmentation node that is already running instead of starting "
-                         "one (it must subscribe to the camera topic)")
+                         "one (it must subscribe to the camera topic; its own device and size "
+                         "apply, the checkpoint only names the classes)")
     ev.add_argument("--output-topic", default=None,
                     help="the node's label topic (default: derived from the camera topic)")
     ev.add_argument("--timeout", type=_positive, default=10.0,
