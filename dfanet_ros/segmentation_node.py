@@ -41,7 +41,6 @@ from rcl_interfaces.msg import (
     FloatingPointRange,
     IntegerRange,
     ParameterDescriptor,
-    SetParametersResult,
 )
 from rclpy.event_handler import SubscriptionEventCallbacks, UnsupportedEventTypeError
 from rclpy.exceptions import ParameterException
@@ -155,7 +154,7 @@ class SegmentationNode(LifecycleNode):
                                                                bounds, dynamic))
         self._warn_unknown_overrides()
         self._dynamic = {name: self.get_parameter(name).value for name in _DYNAMIC}
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._on_parameters_set)
         self.engine: Any = None
         self._engine_lock = threading.Lock()
         self._cameras: list[_Camera] = []
@@ -310,8 +309,9 @@ class SegmentationNode(LifecycleNode):
         p["camera_topics"] = topics
         return p
 
-    def _on_set_parameters(self, params: list[Any]) -> SetParametersResult:
-        """Run-time switches apply at once; the rest wait for the next configure."""
+    def _on_parameters_set(self, params: list[Any]) -> None:
+        """After a successful set (types and ranges checked by their descriptors): run-time
+        switches apply at once, the rest wait for the next configure."""
         later = []
         for param in params:
             if param.name in _DYNAMIC:
@@ -320,7 +320,6 @@ class SegmentationNode(LifecycleNode):
                 later.append(param.name)
         if later:
             self.get_logger().info(f"{', '.join(later)} will apply at the next configure")
-        return SetParametersResult(successful=True)
 
     def _warn_unknown_overrides(self) -> None:
         """Name parameters given on the command line or in a file that the node lacks."""

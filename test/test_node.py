@@ -287,6 +287,9 @@ def test_overlay_alpha_changes_at_run_time(client, node, frame):
         assert not result.successful
         values = client.get_parameters("dfanet_segmentation", ["overlay_alpha"])
         assert values["overlay_alpha"][1] == 0.25
+        _, got = exchange(client, node, CAMERA, lambda s: image_message(image, "rgb8", s), cols)
+        overlay, color = as_array(got["overlay"]), as_array(got["color"])
+        assert np.abs(overlay.astype(int) - blend(image, color, 0.25)).max() <= 1
     finally:
         client.set_parameters("dfanet_segmentation", {"overlay_alpha": 0.5})
         close_all(cols)
