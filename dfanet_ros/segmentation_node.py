@@ -192,6 +192,9 @@ class SegmentationNode(LifecycleNode):
         except (CheckpointError, DeviceError, ValueError) as e:
             self.get_logger().error(f"cannot configure: {e}")
             return TransitionCallbackReturn.FAILURE
+        except Exception as e:  # e.g. a backend that fails to build: still one clear line
+            self.get_logger().error(f"cannot configure: {type(e).__name__}: {e}")
+            return TransitionCallbackReturn.FAILURE
         self._config, self.engine = config, engine
         self.get_logger().info(
             f"configured: DFANet {engine.card.variant} ({engine.card.num_classes} "
@@ -213,6 +216,7 @@ class SegmentationNode(LifecycleNode):
                 compressed = config["compressed"] or topic.endswith("/compressed")
                 camera = _Camera(topic, compressed, stats=self._stats.setdefault(
                     topic, CameraStats()))
+                self._cameras.append(camera)  # first, so that a failure below undoes it too
                 for out in IMAGE_OUTPUTS:
                     camera.publishers[out] = self.create_publisher(
                         Image, output_topic(topic, out), out_qos)
@@ -222,7 +226,6 @@ class SegmentationNode(LifecycleNode):
                                                  name=f"segment {topic}", daemon=True)
                 camera.worker.start()
                 camera.subscription = self._subscribe(camera, in_qos)
-                self._cameras.append(camera)
             if config["diagnostics_period"] > 0:
                 self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
                 self._diag_timer = self.create_timer(config["diagnostics_period"],
@@ -261,7 +264,7 @@ class SegmentationNode(LifecycleNode):
                 self.destroy_subscription(camera.subscription)
             camera.slot.close()
         for camera in self._cameras:
-            if camera.worker is not None:
+            if camera.worker is not None and camera.worker.is_alive():
                 camera.worker.join(timeout=10.0)
             for pub in camera.publishers.values():
                 self.destroy_publisher(pub)

@@ -551,6 +551,15 @@ def test_lifecycle_transitions_in_process(checkpoint, tmp_path, capfd):
             assert state() == State.PRIMARY_STATE_UNCONFIGURED
             err = capfd.readouterr().err
             assert "cannot configure" in err and text in err, err
+        # A topic name DDS refuses fails activate, leaving nothing behind.
+        node.set_parameters([Parameter("camera_topics", value=["ok/image", "bad topic"]),
+                             Parameter("input_reliability", value="best_effort")])
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        capfd.readouterr()
+        assert node.trigger_activate() == TransitionCallbackReturn.FAILURE
+        assert "cannot activate" in capfd.readouterr().err
+        assert state() == State.PRIMARY_STATE_INACTIVE and not node._cameras
+        assert node.count_publishers("/ok/segmentation/label") == 0
     finally:
         node.destroy_node()
         rclpy.try_shutdown(context=context)
