@@ -1,6 +1,8 @@
 """Inference copies (dfanet_model.fast) equal the eager model within the stated tolerance."""
 from __future__ import annotations
 
+import copy
+import functools
 import importlib.util
 import os
 
@@ -19,26 +21,39 @@ from dfanet_model.fast import (
 )
 from dfanet_model.network import build_dfanet
 
-# The tolerance every optimised path is held to, against the eager fp32 model.
-MAX_ABS_DIFF = 1e-3
+# The tolerance every optimised fp32 path is held to, against the eager fp32 model: max
+# |logit difference| below 1e-3 of the logit scale (1 + max |logit|), and the same class on
+# more than 99.9% of pixels.  Relative, because for this deep residual network fp32 itself is
+# that far off: with the weights below the eager fp32 model differs from an fp64 evaluation
+# by ~2e-3 at logits of ~12 (test_folding_adds_no_error_beyond_fp32_rounding).
+REL_TOLERANCE = 1e-3
 MIN_ARGMAX_AGREEMENT = 0.999
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
 
 
-def _trained_like(variant: str, num_classes: int = 11) -> nn.Module:
-    """A model whose batch norms hold non-trivial statistics, as after training."""
+def _trained_like(variant: str) -> nn.Module:
+    """A model whose batch norms hold non-trivial affine weights and statistics measured on
+    data, as after training (so that activations and logits have a trained model's scale)."""
+    return copy.deepcopy(_calibrated(variant))
+
+
+@functools.lru_cache(maxsize=None)
+def _calibrated(variant: str, num_classes: int = 11) -> nn.Module:
     torch.manual_seed(0)
     model = build_dfanet(variant, num_classes)
     g = torch.Generator().manual_seed(1)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
             with torch.no_grad():
                 m.weight.copy_(torch.rand(n, generator=g) + 0.5)
                 m.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+            m.momentum = None  # running statistics: the plain average over the batches below
+    model.train()
+    with torch.no_grad():
+        # Large enough that the deepest stage (1/64 of the input) still has 4x4 pixels.
+        model(torch.randn(2, 3, 256, 256, generator=g))
     return model.eval()
 
 
@@ -60,7 +75,8 @@ def _assert_close(out: torch.Tensor, ref: torch.Tensor) -> None:
     assert out.shape == ref.shape
     diff = (out.float() - ref).abs().max().item()
     agreement = (out.argmax(1) == ref.argmax(1)).float().mean().item()
-    assert diff < MAX_ABS_DIFF, f"max abs logit difference {diff:.2e}"
+    bound = REL_TOLERANCE * (1 + ref.abs().max().item())
+    assert diff < bound, f"max abs logit difference {diff:.2e} (bound {bound:.2e})"
     assert agreement > MIN_ARGMAX_AGREEMENT, f"argmax agrees on only {agreement:.4%} of pixels"
 
 
@@ -77,6 +93,18 @@ def test_fold_is_exact_per_layer() -> None:
             ref = bn(conv(x))
             out = fold_conv_bn(conv, bn)(x)
             assert (out - ref).abs().max().item() < 1e-5 * (1 + ref.abs().max().item())
+
+
+def test_folding_adds_no_error_beyond_fp32_rounding() -> None:
+    model = _trained_like("B")
+    x = torch.randn(1, 3, 53, 71, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        truth = copy.deepcopy(model).double()(x.double())
+        eager_error = (model(x).double() - truth).abs().max().item()
+        folded_error = (fold_batch_norms(model)(x).double() - truth).abs().max().item()
+        folded64_error = (fold_batch_norms(model.double())(x.double()) - truth).abs().max().item()
+    assert folded_error <= 2 * eager_error + 1e-6, (folded_error, eager_error)
+    assert folded64_error < 1e-9  # in fp64 the fold is exact up to rounding
 
 
 def test_fold_removes_every_batch_norm_and_leaves_the_original(model: nn.Module) -> None:
