@@ -88,6 +88,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--size", type=_size, default=None, metavar="HxW",
                     help="network input size (default: the checkpoint's training size)")
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto)")
+    ev.add_argument("--cpu-threads", type=int, default=0, metavar="N",
+                    help="CPU threads of the engine, here (offline) or in the node (online); "
+                         "0: the library default, all cores")
     ev.add_argument("--connect", action="store_true",
                     help="use a segmentation node that is already running instead of starting "
                          "one (it must subscribe to the camera topic; its own device and size "
@@ -129,7 +132,8 @@ def eval_options(args: argparse.Namespace):
         bag=args.bag, checkpoint=args.checkpoint, mode=args.mode, rate=args.rate,
         as_fast_as_possible=args.as_fast_as_possible, camera_topic=args.camera_topic,
         label_topic=None if args.no_ground_truth else args.label_topic, out=out,
-        size=args.size, device=args.device, connect=args.connect,
+        size=args.size, device=args.device, cpu_threads=max(0, args.cpu_threads),
+        connect=args.connect,
         output_topic=args.output_topic, timeout=args.timeout, warmup=max(0, args.warmup),
         overlays=max(0, args.overlays), progress=not args.no_progress)
 

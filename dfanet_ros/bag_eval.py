@@ -67,6 +67,7 @@ class EvalOptions:
     out: Path | None = None                  # report folder
     size: tuple[int, int] | None = None      # network input (h, w); None: the card's
     device: str = "auto"
+    cpu_threads: int = 0                     # torch CPU threads of the engine; 0: default
     connect: bool = False                    # use a running node instead of starting one
     output_topic: str | None = None          # the node's label topic (default: derived)
     timeout: float = 10.0                    # seconds to wait for an answer
@@ -423,6 +424,9 @@ def _evaluate_offline(opts: EvalOptions, reader: BagReader, plan: _Plan
                       ) -> tuple[dict[str, Any], list[tuple[str, np.ndarray]]]:
     from .engine import DeviceError, SegmentationEngine
 
+    if opts.cpu_threads:
+        import torch
+        torch.set_num_threads(opts.cpu_threads)
     try:
         engine = SegmentationEngine(plan.checkpoint, device=opts.device, model_size=opts.size)
     except DeviceError as e:
@@ -619,6 +623,8 @@ def _node_command(opts: EvalOptions, plan: _Plan) -> list[str]:
               "input_reliability:=reliable"]
     if opts.size:
         params += [f"model_height:={opts.size[0]}", f"model_width:={opts.size[1]}"]
+    if opts.cpu_threads:
+        params.append(f"cpu_threads:={opts.cpu_threads}")
     params += opts.node_args
     command = [sys.executable, "-m", "dfanet_ros.segmentation_node", "--ros-args"]
     for p in params:
