@@ -163,6 +163,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--json", type=Path, default=None, help="also write the results here")
 
 
+    n = sub.add_parser("node", help="the ROS 2 node over DDS, fed by a camera process",
+                       description="Start the segmentation node and a camera publisher "
+                                   "process; measure stamp-to-output latency, sustained "
+                                   "rate and drops per scenario (size x rate x cameras).")
+    n.add_argument("--checkpoint", type=Path, default=None,
+                   help="deployable checkpoint (default: the shipped one, else random weights "
+                        "of DFANet A with the CamVid classes)")
+    n.add_argument("--sizes", type=_sizes, default=[(720, 960), (1024, 2048)],
+                   help="camera frame HEIGHTxWIDTH list (default 720x960,1024x2048)")
+    n.add_argument("--rates", type=_rates, default=[30.0, 60.0, 100.0, 0.0],
+                   help="frames per second per camera, 0 = flat out (default 30,60,100,0)")
+    n.add_argument("--cameras", type=int, nargs="+", default=[1],
+                   help="numbers of cameras to run (default 1; e.g. --cameras 1 4 6)")
+    n.add_argument("--outputs", type=_csv(("label", "color", "overlay"), "output"),
+                   default=["label"], help="outputs subscribed (default label)")
+    n.add_argument("--duration", type=float, default=10.0, help="measured seconds (10)")
+    n.add_argument("--warmup", type=float, default=3.0,
+                   help="seconds of frames before measuring (3; the first frame of a new size "
+                        "plans, exports or captures)")
+    n.add_argument("--drain", type=float, default=1.0,
+                   help="seconds to wait for the last answers (1)")
+    n.add_argument("--model-size", type=parse_size, default=None,
+                   help="network input HEIGHTxWIDTH (default: each frame's own size)")
+    n.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    n.add_argument("--fp16", action="store_true", help="fp16 on CUDA")
+    n.add_argument("--threads", type=int, default=None, help="the node's CPU threads")
+    n.add_argument("--domain-id", type=int, default=None,
+                   help="ROS_DOMAIN_ID for the node and both bench processes (default 231)")
+    n.add_argument("--startup-timeout", type=float, default=120.0,
+                   help="seconds to wait for the node (120)")
+    n.add_argument("--node-arg", action="append", default=[], metavar="NAME:=VALUE",
+                   help="extra node parameter (repeatable)")
+    n.add_argument("--json", type=Path, default=None, help="also write the results here")
+
+
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"rates must be numbers, got {text!r}") from None
+    if not rates or any(r < 0 for r in rates):
+        raise argparse.ArgumentTypeError(f"rates must be >= 0 (0: flat out), got {text!r}")
+    return rates
+
+
 # ---------------------------------------------------------------------------- model bench
 
 def _normalise(image: torch.Tensor, card: ModelCard) -> torch.Tensor:
@@ -559,5 +604,39 @@ def run_engine(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- node bench
+
+def run_node(args: argparse.Namespace) -> int:
+    import tempfile
+
+    try:  # ROS lives in dfanet_ros; dfanet_model imports it only for this subcommand
+        from dfanet_ros import node_bench
+    except ImportError as e:
+        print(f"error: dfanet bench node needs rclpy and dfanet_ros ({e})", file=sys.stderr)
+        return 2
+    if args.domain_id is None:
+        args.domain_id = node_bench.DEFAULT_DOMAIN_ID
+    if any(c < 1 for c in args.cameras) or args.duration <= 0:
+        print("error: --cameras must be at least 1 and --duration positive", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="dfanet-bench-") as tmp:
+        checkpoint = _engine_checkpoint(args.checkpoint, Path(tmp))
+        print(f"dfanet bench node: {checkpoint.name}, device {args.device}"
+              f"{' fp16' if args.fp16 else ''}, outputs {','.join(args.outputs)}; "
+              f"{args.warmup:g} s warm-up + {args.duration:g} s per scenario, "
+              f"ROS_DOMAIN_ID {args.domain_id}", flush=True)
+        try:
+            results, device = node_bench.run(args, checkpoint)
+        except RuntimeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    print()
+    print(node_bench.format_table(results))
+    if args.json:
+        on_gpu = device.startswith("cuda") and torch.cuda.is_available()
+        _write_json(args.json, torch.device(device if on_gpu else "cpu"), results)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    return run_model(args) if args.target == "model" else run_engine(args)
+    return {"model": run_model, "engine": run_engine, "node": run_node}[args.target](args)

@@ -93,3 +93,27 @@ def test_a_failing_mode_is_reported_and_the_others_still_timed() -> None:
     assert [(f["mode"], f["height"]) for f in failures] == [("fp16", 32)]
     assert "half=True needs a CUDA device" in failures[0]["error"]
     assert any(line.startswith("  fp16: FAILED") for line in logged)
+
+
+def test_bench_node_over_dds_prints_latency_rate_and_drops(tmp_path: Path) -> None:
+    from helpers_ros import domain_id, make_checkpoint
+
+    checkpoint = make_checkpoint(tmp_path / "b.safetensors", "B")
+    out = tmp_path / "node.json"
+    result = dfanet("bench", "node", "--checkpoint", str(checkpoint), "--sizes", "96x128",
+                    "--rates", "15,0", "--duration", "1.5", "--warmup", "1.5", "--drain", "0.5",
+                    "--device", "cpu", "--threads", "1", "--domain-id",
+                    str(domain_id(__name__)), "--json", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()
+            if line.split()[:1] == ["96x128"]]
+    assert [r[1] for r in rows[-2:]] == ["15", "max"]
+    records = json.loads(out.read_text())["results"]
+    assert [r["rate_hz"] for r in records] == [15.0, 0.0]
+    for r in records:
+        assert r["published"] > 0 and 0 < r["answered"] <= r["published"]
+        assert r["dropped"] == r["published"] - r["answered"]
+        assert 0 < r["latency_p50_ms"] <= r["latency_p99_ms"] <= r["latency_max_ms"]
+        assert r["node_total_p50_ms"] > 0
+    # Paced at 15 Hz the camera process keeps its rate; flat out it waits for answers.
+    assert 10 < records[0]["published_rate_hz"] < 20
