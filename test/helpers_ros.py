@@ -66,8 +66,10 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 def domain_id(name: str) -> int:
-    """A ROS_DOMAIN_ID for one test module (170..229: apart from the other suites' ranges)."""
-    return 170 + zlib.crc32(name.encode()) % 60
+    """A ROS_DOMAIN_ID for one test module in this test run (170..229: apart from the other
+    suites' ranges).  The process id takes part because Fast DDS's shared-memory ports live
+    in /dev/shm, which network namespaces do not separate: runs side by side must not meet."""
+    return 170 + (zlib.crc32(name.encode()) + os.getpid()) % 60
 
 
 def node_command(params: dict[str, Any], remaps: Iterable[tuple[str, str]] = (),
@@ -92,8 +94,9 @@ def _param_text(value: Any) -> str:
 
 
 def ros_env(domain: int, **extra: str) -> dict[str, str]:
+    # PYTHONFAULTHANDLER: a process stopped with SIGABRT prints every thread's stack.
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
     env.update(extra)
     return env
 
@@ -109,6 +112,21 @@ class NodeProcess:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def wait(self, timeout: float) -> int:
+        """The exit status; a process still running after ``timeout`` is made to print its
+        stacks (SIGABRT, see ros_env) and the wait fails with its output."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                self.proc.wait(10.0)
+            except subprocess.TimeoutExpired:
+                pass
+            raise AssertionError(f"process still running after {timeout} s: "
+                                 f"{' '.join(self.proc.args)}\n{self.output()[-6000:]}"
+                                 ) from None
 
     def output(self) -> str:
         self._log.flush()

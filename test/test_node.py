@@ -484,7 +484,7 @@ def test_start_up_failures_exit_with_one_clear_line(tmp_path, checkpoint):
     try:
         for name, proc in procs.items():
             _, code, head, text = cases[name]
-            proc.proc.wait(timeout=120)
+            proc.wait(timeout=90)
             output = proc.output()
             errors = [line for line in output.splitlines() if "ERROR" in line]
             assert proc.proc.returncode == code, f"{name}: {output}"
