@@ -525,13 +525,15 @@ def _engine_checkpoint(path: Path | None, workdir: Path) -> Path:
     from .resources import DEFAULT_CHECKPOINT
     if DEFAULT_CHECKPOINT.exists():
         return DEFAULT_CHECKPOINT
-    from .checkpoint import save_model
+    from .checkpoint import save_training_state
     from .classes import CAMVID
     torch.manual_seed(0)
     card = ModelCard("A", CAMVID.num_classes, list(CAMVID.names),
                      [list(c) for c in CAMVID.colors], dataset="random weights (bench)")
-    out = workdir / "dfanet_a_random.safetensors"
-    save_model(out, build_dfanet("A", CAMVID.num_classes), card)
+    # The training-state format needs only torch (a GPU machine may lack safetensors).
+    out = workdir / "dfanet_a_random.pt"
+    save_training_state(out, {"model": build_dfanet("A", CAMVID.num_classes).state_dict()},
+                        card)
     return out
 
 

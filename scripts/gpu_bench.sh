@@ -3,8 +3,8 @@
 #
 #   OUT=/path/to/results scripts/gpu_bench.sh        # default ./out
 #
-# Needs python with a CUDA torch (numpy, safetensors for the engine step); no ROS, no network.
-# Runs from the source tree (PYTHONPATH), so nothing has to be installed.  Steps, most
+# Needs python with a CUDA torch and numpy; no ROS, no network, nothing installed: it runs
+# from the source tree (PYTHONPATH).  Steps, most
 # important first, each under its own time limit and all under BUDGET_S (default 290 s); a
 # step that fails or runs out of time loses only its own figures:
 #   goal     DFANet A 1024x1024 batch 1: eager fp32 .. uint8 image -> uint8 labels (the
