@@ -4,15 +4,15 @@
 #   OUT=/path/to/results scripts/gpu_bench.sh        # default ./out
 #
 # Needs python with a CUDA torch and numpy; no ROS, no network, nothing installed: it runs
-# from the source tree (PYTHONPATH).  Steps, most
-# important first, each under its own time limit and all under BUDGET_S (default 290 s); a
-# step that fails or runs out of time loses only its own figures:
-#   goal     DFANet A 1024x1024 batch 1: eager fp32 .. uint8 image -> uint8 labels (the
+# from the source tree (PYTHONPATH).  Steps, most important first, each under its own time
+# limit and all under BUDGET_S (default 290 s); a step that fails or runs out of time loses
+# only its own figures, and a mode that fails inside a step only its own row:
+#   goal     DFANet A 1024x1024 batch 1, eager fp32 .. uint8 image -> uint8 labels (the
 #            >= 1000 FPS goal is the labels-compile row)
 #   sweep    A and B at the five sizes, batch 1, without torch.compile
 #   rig      batch 6 (a six-camera rig) at 720x960 and 1024x2048
-#   compile  torch.compile at 1024x2048 (A) and 1024x1024 (B)
 #   engine   dfanet_ros.engine: host uint8 frame to label / colour / overlay, fp16
+#   compile  torch.compile of A and B at 1024x2048
 # summary.txt gathers every table.
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
