@@ -37,6 +37,7 @@ SIZES: tuple[tuple[int, int], ...] = (
 MODES: dict[str, tuple[tuple[str, ...], str]] = {
     "eager": (("cpu", "cuda"), "the model as built, fp32, NCHW (the reference)"),
     "folded": (("cpu", "cuda"), "batch norm folded, fp32, channels-last"),
+    "folded-nchw": (("cpu", "cuda"), "batch norm folded, fp32, plain NCHW layout"),
     "onnxruntime": (("cpu",), "batch norm folded, ONNX Runtime CPU session"),
     "fp16": (("cuda",), "batch norm folded, fp16, channels-last"),
     "cudagraph": (("cuda",), "fp16 channels-last, replayed from a CUDA graph"),
@@ -238,8 +239,9 @@ def _build(mode: str, model: nn.Module, card: ModelCard, device: torch.device,
     cuda = device.type == "cuda"
     if mode == "eager":
         return model, x
-    if mode == "folded":
-        return prepare_for_inference(model, device, backend="eager"), x
+    if mode in ("folded", "folded-nchw"):
+        return prepare_for_inference(model, device, backend="eager",
+                                     channels_last=mode == "folded"), x
     if mode == "onnxruntime":
         return prepare_for_inference(model, device, backend="onnxruntime"), x
     if mode == "fp16":
