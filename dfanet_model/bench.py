@@ -196,6 +196,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="seconds to wait for the node (120)")
     n.add_argument("--node-arg", action="append", default=[], metavar="NAME:=VALUE",
                    help="extra node parameter (repeatable)")
+    n.add_argument("--node-log", type=Path, default=None,
+                   help="keep the node's output in this file (default: discarded)")
     n.add_argument("--json", type=Path, default=None, help="also write the results here")
 
 

@@ -10,8 +10,10 @@ node's work, DDS back); a measured frame without an answer counts as dropped (re
 newer frame in the node's one-frame slot, or lost in transport).  The node's own
 ``SegmentationInfo.total_ms`` (callback start to the last publish returning) is collected too.
 
-Rate 0 means flat out: the publisher sends as fast as it can, and the answered rate is the
-node's sustained throughput.
+Rate 0 means flat out: the publisher keeps two frames per camera in flight (the next leaves
+when an answer arrives), so the answered rate is the node's sustained throughput without a
+flooding publisher taking the CPU from it.  Every process uses the package's Fast DDS
+shared-memory profile (config/fastdds_large_images.xml) unless one is already configured.
 """
 from __future__ import annotations
 
@@ -34,6 +36,19 @@ from .bag_eval import NodeProcess, dds_environment
 from .report import percentiles
 
 DEFAULT_DOMAIN_ID = 231  # apart from the test suites' ranges
+
+
+def large_image_profile() -> Path | None:
+    """config/fastdds_large_images.xml from the source tree or the installed share folder."""
+    local = Path(__file__).resolve().parents[1] / "config" / "fastdds_large_images.xml"
+    if local.is_file():
+        return local
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        installed = Path(get_package_share_directory("dfanet_ros")) / "config" / local.name
+    except Exception:  # not installed as a ROS package
+        return None
+    return installed if installed.is_file() else None
 
 
 def camera_topic(index: int) -> str:
@@ -336,6 +351,13 @@ def run(args: argparse.Namespace, checkpoint: Path) -> tuple[list[NodeBenchResul
 
     max_cameras = max(args.cameras)
     os.environ["ROS_DOMAIN_ID"] = str(args.domain_id)
+    profile = large_image_profile()
+    if profile is not None and not (os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE")
+                                    or os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE")):
+        # Measured here: with FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA (dds_environment's
+        # fallback) 480x640 rgb8 frames and larger never arrived between processes in a
+        # loopback-only namespace; the package's shared-memory profile carries 1024x2048.
+        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
     os.environ.update(dds_environment())  # read by the DDS participants created below
     params = {
         "checkpoint": str(checkpoint), "device": args.device, "fp16": args.fp16,
@@ -357,7 +379,7 @@ def run(args: argparse.Namespace, checkpoint: Path) -> tuple[list[NodeBenchResul
     results: list[NodeBenchResult] = []
     device = args.device
     with tempfile.TemporaryDirectory(prefix="dfanet-bench-node-") as tmp:
-        log_path = Path(tmp) / "node.log"
+        log_path = args.node_log or Path(tmp) / "node.log"
         with NodeProcess(command, log_path) as node:
             collector = _Collector(max_cameras, args.outputs)
             try:
