@@ -297,7 +297,16 @@ class Job:
         ts = ckpt.training_state
         self.model.load_state_dict(ckpt.state_dict, strict=True)
         self.optimizer.load_state_dict(ts["optimizer"])
-        self.scheduler.load_state_dict(ts["scheduler"])
+        # LambdaLR's state carries the old PolyLR's fields; keep this run's schedule (the
+        # same one unless the config changed, e.g. more iterations) and its lr at this step.
+        poly = self.scheduler.lr_lambdas[0]
+        schedule = dict(vars(poly))
+        self.scheduler.load_state_dict(ts["scheduler"])  # updates vars(poly) in place
+        vars(poly).update(schedule)
+        step = self.scheduler.last_epoch
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
+            group["lr"] = base * poly(step)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         if self.scaler.is_enabled() and ts["scaler"]:
             self.scaler.load_state_dict(ts["scaler"])
 

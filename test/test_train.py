@@ -121,6 +121,19 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, sample_camvid):
     assert evals[0] == evals[1]
 
 
+def test_resume_with_more_iterations_extends_the_schedule(tmp_path, sample_camvid):
+    settings = dict(iterations=2, eval_every=0, save_every=100, val_split="null",
+                    warmup_iterations=0, lr=0.1, poly_power=1.0)
+    assert main(train_args(tmp_path, sample_camvid, **settings)) == 0
+    assert main(train_args(tmp_path, sample_camvid, ["--resume"],
+                           **{**settings, "iterations": 4})) == 0
+    lrs = {r["iteration"]: r["lr"] for r in log_records(tmp_path) if r["event"] == "train"}
+    # The schedule of the 4-iteration config (0.1 * (1 - it / 4)), not the finished one's 0.
+    assert lrs[2] == pytest.approx(0.0)
+    assert lrs[3] == pytest.approx(0.025)
+    assert lrs[4] == pytest.approx(0.0)
+
+
 def test_sigterm_saves_a_resumable_checkpoint(tmp_path, sample_camvid):
     run_dir = tmp_path / "run"
     args = train_args(run_dir, sample_camvid, iterations=100000, val_split="null",
