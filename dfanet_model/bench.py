@@ -8,7 +8,10 @@ is synchronised: CUDA events around each call on the GPU, ``time.perf_counter`` 
 Each mode's output is compared with the eager model's on the same input (max |logit
 difference| and argmax agreement), so a fast but wrong path shows itself in the table.
 
-``dfanet bench engine`` times the uint8-frame-to-outputs path of ``dfanet_ros.engine``.
+``dfanet bench engine`` times the uint8-frame-to-outputs path of ``dfanet_ros.engine``, and
+``dfanet bench node`` the ROS 2 node over DDS (``dfanet_ros.node_bench``).  Both live in
+``dfanet_ros`` and are imported only by their subcommand: this package never imports ROS
+otherwise.
 """
 from __future__ import annotations
 
