@@ -2,7 +2,7 @@
 
     ros2 launch dfanet_ros segment.launch.py
     ros2 launch dfanet_ros segment.launch.py camera_topics:=/front/image_raw,/rear/image_raw \
-        checkpoint:=/models/dfanet_a_camvid.safetensors device:=cuda rviz:=true
+        checkpoint:=/models/my_dfanet.safetensors device:=cuda rviz:=true
 
 One node serves every camera (one model in memory); each camera's outputs go to its own
 namespace: /front/image_raw -> /front/segmentation/{label,color,overlay,info}.
