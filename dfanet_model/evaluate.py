@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .augment import normalize
 from .metrics import ConfusionMatrix, SegmentationScores
+from .plot import prediction_grid
 
 
 def autocast(device: torch.device, precision: str = "fp32") -> contextlib.AbstractContextManager:
@@ -167,6 +169,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                         help="autocast on CUDA (default fp32)")
     parser.add_argument("--json", type=Path, help="write the scores to this JSON file")
+    parser.add_argument("--grid", type=Path,
+                        help="also draw image | ground truth | prediction of a few frames "
+                             "(evenly spaced over the split) into this PNG")
+    parser.add_argument("--grid-frames", type=int, default=4, help="rows of --grid")
     parser.add_argument("--per-frame", type=Path,
                         help="write each frame's mIoU and pixel accuracy to this JSON file")
 
@@ -214,6 +220,16 @@ def run(args: argparse.Namespace) -> int:
             {"checkpoint": str(args.checkpoint), "dataset": dataset, "split": args.split,
              "inference_size": list(size), "frames": result.frames}), indent=1) + "\n")
         print(f"wrote {args.per_frame}")
+    if args.grid:
+        picks = np.linspace(0, len(split) - 1, max(1, args.grid_frames)).round().astype(int)
+        images, labels = split.decode(picks.tolist())
+        with torch.no_grad():
+            preds = predict(model, images.to(device), card.mean, card.std, size=args.size,
+                            precision=args.precision)
+        prediction_grid(images.numpy(), labels.numpy(), preds.cpu().numpy(),
+                        card.class_colors, split.table.ignore_index,
+                        [split.names[i] for i in picks], args.grid)
+        print(f"wrote {args.grid}")
     return 0
 
 

@@ -5,7 +5,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
+
+import numpy as np
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -75,3 +77,31 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"wrote {out}")
     return 0
+
+
+def prediction_grid(images: np.ndarray, labels: np.ndarray, preds: np.ndarray,
+                    colors: Sequence[Sequence[int]], ignore_index: int, titles: Sequence[str],
+                    out: Path) -> Path:
+    """A PNG with one row per frame: image | ground truth | prediction (void drawn black)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    palette = np.zeros((256, 3), np.uint8)
+    palette[: len(colors)] = np.asarray(colors, np.uint8)
+    palette[ignore_index] = 0
+    rows = len(images)
+    h, w = images.shape[1:3]
+    fig, axes = plt.subplots(rows, 3, figsize=(9, 9 * rows * h / (3 * w) + 0.4),
+                             squeeze=False, constrained_layout=True)
+    for r in range(rows):
+        for c, (picture, name) in enumerate(((images[r], titles[r]),
+                                             (palette[labels[r]], "ground truth"),
+                                             (palette[preds[r]], "prediction"))):
+            axes[r, c].imshow(picture)
+            axes[r, c].set_title(name, fontsize=8)
+            axes[r, c].axis("off")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out

@@ -115,3 +115,16 @@ def test_eval_errors_name_what_is_wrong(tmp_path, checkpoint, sample_camvid, cap
     assert main(["eval", str(checkpoint), "--data", str(tmp_path), "--split", "val",
                  "--dataset", "cityscapes"]) == 1
     assert "predicts 11 classes but cityscapes has 19" in capsys.readouterr().err
+
+
+def test_eval_draws_a_prediction_grid(tmp_path, checkpoint, sample_camvid):
+    from PIL import Image
+
+    out = tmp_path / "grid.png"
+    assert main(["eval", str(checkpoint), "--data", str(sample_camvid), "--split", "test",
+                 "--grid", str(out), "--grid-frames", "2", "--batch-size", "8"]) == 0
+    with Image.open(out) as im:
+        width, height = im.size
+        colours = len(im.convert("RGB").getcolors(1 << 20) or [])
+    assert width > height > 0  # two rows of three 480x360 panels
+    assert colours > 100  # real pictures, not an empty canvas
