@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -399,12 +399,15 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def make_card(cfg: TrainConfig) -> ModelCard:
+def make_card(cfg: TrainConfig, frame_size: Sequence[int]) -> ModelCard:
+    """The model card of a run.  ``input_size`` is the size the model is evaluated (and so
+    should be deployed) at: ``eval_size``, else the training frames' own size.  Crops are
+    smaller, but random rescaling puts objects at the frames' scale."""
     t = cfg.table
     return ModelCard(variant=cfg.variant.upper(), num_classes=t.num_classes,
                      class_names=list(t.names), class_colors=[list(c) for c in t.colors],
                      ignore_index=t.ignore_index, mean=list(cfg.mean), std=list(cfg.std),
-                     input_size=list(cfg.crop_size), dataset=cfg.dataset)
+                     input_size=list(cfg.eval_size or frame_size), dataset=cfg.dataset)
 
 
 def metrics_entry(result: EvalResult, iteration: int) -> dict[str, Any]:
@@ -418,7 +421,8 @@ class RunDir:
 
     def __init__(self, path: Path, job: Job) -> None:
         self.path, self.job, self.ctx = path, job, job.ctx
-        self.card = make_card(job.cfg)  # what every file of the run says about the model
+        # What every file of the run says about the model.
+        self.card = make_card(job.cfg, job.train_data.frame_size())
         self.latest: dict[str, Any] = {}  # metrics of the latest evaluation
         self._commit = git_commit()
         if self.ctx.is_main:

@@ -66,7 +66,7 @@ def test_run_dir_holds_checkpoints_log_and_deployable_model(trained_run):
     assert best.training_state is None
     card = best.card
     assert card.dataset == "camvid" and card.class_names[0] == "Sky"
-    assert card.ignore_index == 11 and card.input_size == [64, 96]
+    assert card.ignore_index == 11 and card.input_size == [180, 240]  # eval_size, not the crop
     best_eval = max(evals, key=lambda e: e["miou"])
     assert card.metrics["val"]["miou"] == pytest.approx(best_eval["miou"])
     assert len(card.metrics["val"]["iou"]) == 11 and "pixel_acc" in card.metrics["val"]
