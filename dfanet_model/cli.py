@@ -25,6 +25,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """``HEIGHTxWIDTH`` -> (height, width); the argparse type of every size option."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be HEIGHTxWIDTH, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return h, w
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dfanet", description="DFANet semantic segmentation: model tools and ROS 2 node.")

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import normalize
+from .cli import parse_size
 from .metrics import ConfusionMatrix, SegmentationScores
 from .plot import prediction_grid
 
@@ -145,14 +146,6 @@ def _pct(v: float) -> str:
 # ---------------------------------------------------------------- dfanet eval
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HEIGHTxWIDTH, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return h, w
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -161,7 +154,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="split to score (default: test)")
     parser.add_argument("--dataset", choices=("camvid", "cityscapes"),
                         help="dataset layout (default: the one the checkpoint was trained on)")
-    parser.add_argument("--size", type=_parse_size,
+    parser.add_argument("--size", type=parse_size,
                         help="inference HEIGHTxWIDTH (default: each frame's own size); logits "
                              "are resized back to the label size")
     parser.add_argument("--batch-size", type=int, default=4)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, ModelCard, load_model
+from .cli import parse_size
 
 CARD_KEY = "dfanet"  # the model card, as JSON, in the exported file's metadata
 LOGIT_TOLERANCE = 1e-3  # largest accepted |exported - PyTorch| of a logit
@@ -168,11 +169,6 @@ def export(checkpoint: str | Path, fmt: str, out: Path | None = None, labels: bo
     return out, card, checks
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    from .evaluate import _parse_size as parse
-    return parse(text)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="deployable .safetensors or training .pt file")
     parser.add_argument("--format", choices=("torchscript", "onnx"), required=True)
@@ -180,7 +176,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                  ".ts or .onnx)")
     parser.add_argument("--labels", action="store_true",
                         help="output uint8 label maps (argmax in the graph) instead of logits")
-    parser.add_argument("--check-size", dest="sizes", type=_parse_size, action="append",
+    parser.add_argument("--check-size", dest="sizes", type=parse_size, action="append",
                         metavar="HxW", help="size to compare at (repeat; default: the "
                                             "training size and one unrelated size)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")

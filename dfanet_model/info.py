@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .cli import parse_size
 from .network import VARIANTS, build_dfanet
 
 # Li et al., CVPR 2019, Table 3/4: GFLOPs at the stated input, parameters in millions.
@@ -46,20 +47,12 @@ def count(variant: str, size: tuple[int, int], num_classes: int = 19) -> ModelCo
                       params_by_part, macs_by_part, attention)
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HEIGHTxWIDTH, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return h, w
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", choices=[*VARIANTS, "all"], default="all",
                         help="variant to count (default: all, plus A' at 512x1024)")
-    parser.add_argument("--size", type=_parse_size, default=(1024, 1024),
+    parser.add_argument("--size", type=parse_size, default=(1024, 1024),
                         help="input HEIGHTxWIDTH (default 1024x1024)")
     parser.add_argument("--classes", type=int, default=19,
                         help="number of classes (the paper's figures are for Cityscapes, 19)")

@@ -6,18 +6,10 @@ import logging
 import sys
 from pathlib import Path
 
+from dfanet_model.cli import parse_size
+
 from .bag import STORAGES, BagError
 from .bag_make import DEFAULT_LABEL_TOPIC, DEFAULT_TOPIC
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HEIGHTxWIDTH, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return h, w
 
 
 def _positive(text: str) -> float:
@@ -85,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="the bag has no labels: report drops, latency and throughput only")
     ev.add_argument("--out", type=Path, default=None, metavar="REPORT_DIR",
                     help="report folder (default: BAG_eval_MODE beside the bag)")
-    ev.add_argument("--size", type=_size, default=None, metavar="HxW",
+    ev.add_argument("--size", type=parse_size, default=None, metavar="HxW",
                     help="network input size (default: the checkpoint's training size)")
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto)")
     ev.add_argument("--cpu-threads", type=int, default=0, metavar="N",
