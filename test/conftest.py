@@ -37,3 +37,15 @@ def camvid_root() -> Path:
 def sample_camvid() -> Path:
     from dfanet_model.resources import SAMPLE_CAMVID_DIR
     return SAMPLE_CAMVID_DIR
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a test module: the suite shares two cores, and two threads per
+    process spend their time waiting for each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -14,13 +14,7 @@ from dfanet_model.evaluate import evaluate, split_batches
 from dfanet_model.metrics import ConfusionMatrix
 from dfanet_model.network import build_dfanet
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,7 @@ from dfanet_model.classes import CAMVID
 from dfanet_model.cli import main
 from dfanet_model.network import build_dfanet
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
