@@ -386,7 +386,7 @@ class Progress:
     iteration: int = 0
     best_miou: float = -1.0
     best_iteration: int = -1
-    elapsed_s: float = 0.0  # training time over all sessions of this run
+    elapsed_s: float = 0.0  # training time over every resumed part of this run
 
 
 def git_commit() -> str | None:
