@@ -9,9 +9,10 @@ Each mode's output is compared with the eager model's on the same input (max |lo
 difference| and argmax agreement), so a fast but wrong path shows itself in the table.
 
 ``dfanet bench engine`` times the uint8-frame-to-outputs path of ``dfanet_ros.engine``, and
-``dfanet bench node`` the ROS 2 node over DDS (``dfanet_ros.node_bench``).  Both live in
-``dfanet_ros`` and are imported only by their subcommand: this package never imports ROS
-otherwise.
+``dfanet bench node`` the ROS 2 node over DDS (``dfanet_ros.node_bench``); ``dfanet bench
+soak`` feeds that node for minutes at twice its sustainable rate and watches its memory,
+latency and frame accounting.  The last three live in ``dfanet_ros`` and are imported only
+by their subcommand: this package never imports ROS otherwise.
 """
 from __future__ import annotations
 
@@ -202,6 +203,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     n.add_argument("--node-log", type=Path, default=None,
                    help="keep the node's output in this file (default: discarded)")
     n.add_argument("--json", type=Path, default=None, help="also write the results here")
+
+    k = sub.add_parser("soak", help="the node fed for minutes at twice its sustainable rate",
+                       description="Start the segmentation node, measure the rate it sustains "
+                                   "flat out (or take --rate), then feed one camera at "
+                                   "--factor times that rate for --duration seconds, sampling "
+                                   "the node's memory: memory slope, latency per window (first "
+                                   "against last), and sent = answered + dropped from the "
+                                   "node's own counters.  Prints figures, asserts none.")
+    k.add_argument("--checkpoint", type=Path, default=None,
+                   help="deployable checkpoint (default: the shipped one, else random weights "
+                        "of DFANet A with the CamVid classes)")
+    k.add_argument("--size", type=parse_size, default=(720, 960),
+                   help="camera frame HEIGHTxWIDTH (default 720x960, rgb8)")
+    k.add_argument("--model-size", type=parse_size, default=(384, 512),
+                   help="network input HEIGHTxWIDTH (default 384x512)")
+    k.add_argument("--rate", type=float, default=None,
+                   help="the node's sustainable rate in Hz (default: measured flat out)")
+    k.add_argument("--factor", type=float, default=2.0,
+                   help="feed this multiple of the sustainable rate (default 2)")
+    k.add_argument("--duration", type=float, default=600.0, help="fed seconds (600)")
+    k.add_argument("--measure", type=float, default=10.0,
+                   help="seconds flat out to measure the sustainable rate (10)")
+    k.add_argument("--warmup", type=float, default=3.0,
+                   help="seconds flat out before measuring (3)")
+    k.add_argument("--window", type=float, default=60.0,
+                   help="seconds per latency and memory window (60)")
+    k.add_argument("--sample-period", type=float, default=2.0,
+                   help="seconds between memory samples (2)")
+    k.add_argument("--diagnostics-period", type=float, default=1.0,
+                   help="the node's /diagnostics period, whose counters close the accounting "
+                        "(1)")
+    k.add_argument("--drain", type=float, default=2.0,
+                   help="seconds to wait for the last answers (2)")
+    k.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    k.add_argument("--fp16", action="store_true", help="fp16 on CUDA")
+    k.add_argument("--threads", type=int, default=1, help="the node's CPU threads (1)")
+    k.add_argument("--domain-id", type=int, default=None,
+                   help="ROS_DOMAIN_ID for the node and both bench processes (default 231)")
+    k.add_argument("--startup-timeout", type=float, default=120.0,
+                   help="seconds to wait for the node (120)")
+    k.add_argument("--node-arg", action="append", default=[], metavar="NAME:=VALUE",
+                   help="extra node parameter (repeatable)")
+    k.add_argument("--node-log", type=Path, default=None,
+                   help="keep the node's output in this file (default: discarded)")
+    k.add_argument("--json", type=Path, default=None,
+                   help="also write everything here (windows, samples, every frame)")
 
 
 def _rates(text: str) -> list[float]:
@@ -647,5 +694,51 @@ def run_node(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_soak(args: argparse.Namespace) -> int:
+    import tempfile
+
+    try:  # ROS lives in dfanet_ros; dfanet_model imports it only for this subcommand
+        from dfanet_ros import node_bench
+    except ImportError as e:
+        print(f"error: dfanet bench soak needs rclpy and dfanet_ros ({e})", file=sys.stderr)
+        return 2
+    if args.domain_id is None:
+        args.domain_id = node_bench.DEFAULT_DOMAIN_ID
+    positive = {"--duration": args.duration, "--window": args.window,
+                "--sample-period": args.sample_period, "--factor": args.factor,
+                "--diagnostics-period": args.diagnostics_period,
+                "--measure": args.measure if args.rate is None else 1.0,
+                "--rate": 1.0 if args.rate is None else args.rate}
+    bad = [name for name, value in positive.items() if not value > 0]
+    if bad:
+        print(f"error: {', '.join(bad)} must be positive", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="dfanet-bench-") as tmp:
+        checkpoint = _engine_checkpoint(args.checkpoint, Path(tmp))
+        print(f"dfanet bench soak: {checkpoint.name}, device {args.device}"
+              f"{' fp16' if args.fp16 else ''}, {args.size[0]}x{args.size[1]} frames, network "
+              f"{args.model_size[0]}x{args.model_size[1]}, {args.threads} thread(s); "
+              f"ROS_DOMAIN_ID {args.domain_id}", flush=True)
+        try:
+            report = node_bench.soak(args, checkpoint)
+        except RuntimeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    report["checkpoint"] = checkpoint.name
+    print()
+    print(node_bench.format_soak(report))
+    if args.json:
+        device = report["device"]
+        on_gpu = device.startswith("cuda") and torch.cuda.is_available()
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"machine": machine_info(torch.device(device.split()[0] if on_gpu
+                                                        else "cpu")),
+                   "soak": report}
+        args.json.write_text(json.dumps(payload, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    return {"model": run_model, "engine": run_engine, "node": run_node}[args.target](args)
+    return {"model": run_model, "engine": run_engine, "node": run_node,
+            "soak": run_soak}[args.target](args)

@@ -117,3 +117,45 @@ def test_bench_node_over_dds_prints_latency_rate_and_drops(tmp_path: Path) -> No
         assert r["node_total_p50_ms"] > 0
     # Paced at 15 Hz the camera process keeps its rate; flat out it waits for answers.
     assert 10 < records[0]["published_rate_hz"] < 20
+
+
+def test_bench_soak_accounts_for_every_frame_and_samples_memory(tmp_path: Path) -> None:
+    from helpers_ros import domain_id, make_checkpoint
+
+    checkpoint = make_checkpoint(tmp_path / "b.safetensors", "B")
+    out = tmp_path / "soak.json"
+    result = dfanet("bench", "soak", "--checkpoint", str(checkpoint), "--size", "96x128",
+                    "--model-size", "96x128", "--warmup", "1", "--measure", "2",
+                    "--duration", "6", "--window", "2", "--sample-period", "0.5",
+                    "--drain", "1.5", "--device", "cpu", "--threads", "1", "--domain-id",
+                    str(domain_id(__name__ + ".soak")), "--json", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "accounting closes" in result.stdout
+    soak = json.loads(out.read_text())["soak"]
+    a = soak["accounting"]
+    # Every frame the camera sent was answered or counted as dropped, and the drops add up
+    # from the node's own counters (slot, DDS, bad, unwatched) and the collector's answers.
+    assert a["sent"] > 0 and 0 < a["answered"] <= a["sent"]
+    assert a["sent"] == a["answered"] + a["dropped"]
+    assert a["dropped"] == (a["dropped_newer_frame"] + a["lost_dds_reported"]
+                            + a["never_delivered"] + a["bad"] + a["unwatched"]
+                            + a["processed_not_arrived"])
+    assert a["node_unaccounted"] == 0 and a["closes"]
+    assert a["node_counters"]["processed"] >= a["answered"]
+    # Fed faster than the node sustained flat out.
+    assert soak["rate_measured"] and soak["fed_rate_hz"] > soak["sustainable_rate_hz"] > 0
+    # Memory sampled through the feed; a slope and first/last-window figures reported.
+    m = soak["memory"]
+    assert m["samples"] >= 4 and m["rss_slope_mib_per_min"] is not None
+    assert 0 < m["rss_min_mib"] <= m["rss_first_window_mib"] <= m["rss_max_mib"]
+    assert all(s["rss_mib"] > 0 for s in soak["memory_samples"])
+    assert m["gpu_first_window_mib"] is None  # no GPU sampled on the CPU
+    # Latency per window, and the windows cover every frame sent.
+    assert len(soak["windows"]) >= 2
+    assert sum(w["sent"] for w in soak["windows"]) == a["sent"]
+    assert sum(w["answered"] for w in soak["windows"]) == a["answered"]
+    for w in (*soak["windows"], soak["first_window"], soak["last_window"]):
+        if w["answered"]:
+            assert 0 < w["latency_p50_ms"] <= w["latency_p99_ms"] <= w["latency_max_ms"]
+    assert len(soak["frames"]) == a["sent"]
+    assert sum(f["latency_ms"] is not None for f in soak["frames"]) == a["answered"]
