@@ -113,6 +113,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; a checkpoint is not secret
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

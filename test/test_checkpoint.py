@@ -63,7 +63,12 @@ def test_training_state_loads_and_slims(tmp_path, model):
 
 def test_write_is_atomic(tmp_path, model):
     path = tmp_path / "m.safetensors"
-    save_model(path, model, camvid_card())
+    umask = os.umask(0o022)
+    try:
+        save_model(path, model, camvid_card())
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by the node's user, as umask says
     before = path.read_bytes()
 
     class Boom(torch.nn.Module):

@@ -1,0 +1,52 @@
+"""The shipped default checkpoint: it loads, and it still scores what its results say."""
+import json
+
+import pytest
+import torch
+
+from dfanet_model.checkpoint import load_model, read_checkpoint
+from dfanet_model.data import open_split
+from dfanet_model.evaluate import evaluate, split_batches
+from dfanet_model.resources import DATA_DIR, DEFAULT_CHECKPOINT
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SAMPLE_FRAMES = DATA_DIR / "dfanet_camvid_sample_frames.json"
+
+
+def score(root, split, per_frame=False):
+    model, card = load_model(DEFAULT_CHECKPOINT)
+    data = open_split("camvid", root, split)
+    with torch.no_grad():
+        return evaluate(model, split_batches(data, torch.device("cpu"), 8), card.num_classes,
+                        data.table.ignore_index, card.mean, card.std, names=data.names,
+                        per_frame=per_frame)
+
+
+def test_default_checkpoint_is_a_camvid_model_with_its_scores():
+    ckpt = read_checkpoint(DEFAULT_CHECKPOINT)
+    card = ckpt.card
+    assert ckpt.training_state is None  # the slim, deployable file
+    assert card.dataset == "camvid" and card.num_classes == 11 and card.ignore_index == 11
+    assert card.input_size == [360, 480]
+    for split in ("val", "test"):
+        assert len(card.metrics[split]["iou"]) == 11
+        assert 0 < card.metrics[split]["miou"] <= 1
+    assert DEFAULT_CHECKPOINT.stat().st_size < 8 * 2**20
+
+
+def test_sample_frames_score_as_recorded(sample_camvid):
+    recorded = json.loads(SAMPLE_FRAMES.read_text())["frames"]
+    got = score(sample_camvid, "test", per_frame=True).frames
+    assert [f["frame"] for f in got] == [f["frame"] for f in recorded]
+    for mine, theirs in zip(got, recorded, strict=True):
+        # A few pixels may flip between CPUs with other vector units; nothing more.
+        assert mine["pixel_acc"] == pytest.approx(theirs["pixel_acc"], abs=2e-3), mine["frame"]
+        assert mine["miou"] == pytest.approx(theirs["miou"], abs=5e-3), mine["frame"]
+
+
+def test_full_test_split_reproduces_the_recorded_miou(camvid_root):
+    card = read_checkpoint(DEFAULT_CHECKPOINT).card
+    result = score(camvid_root, "test")
+    assert result.scores.pixels == 38_719_017  # every labelled pixel of the 233 test frames
+    assert result.scores.miou == pytest.approx(card.metrics["test"]["miou"], abs=1e-3)
