@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .checkpoint import ModelCard, load_model
+from .cli import parse_size
 from .fast import ImageToLabels, capture_cuda_graph, prepare_for_inference, prepare_labels
 from .network import VARIANTS, build_dfanet
 
@@ -78,15 +79,6 @@ class Result:
     times_ms: list[float] = field(repr=False, default_factory=list)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``HEIGHTxWIDTH`` -> (height, width)."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HEIGHTxWIDTH, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return h, w
 
 
 def _csv(choices: Any, what: str) -> Callable[[str], list[str]]:
