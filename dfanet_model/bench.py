@@ -654,16 +654,25 @@ def run_engine(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- node bench
 
+def _node_bench(command: str, args: argparse.Namespace) -> Any:
+    """dfanet_ros.node_bench (None, said on stderr, without ROS); fills in the domain id."""
+    try:  # ROS lives in dfanet_ros; dfanet_model imports it only for these subcommands
+        from dfanet_ros import node_bench
+    except ImportError as e:
+        print(f"error: dfanet bench {command} needs rclpy and dfanet_ros ({e})",
+              file=sys.stderr)
+        return None
+    if args.domain_id is None:
+        args.domain_id = node_bench.DEFAULT_DOMAIN_ID
+    return node_bench
+
+
 def run_node(args: argparse.Namespace) -> int:
     import tempfile
 
-    try:  # ROS lives in dfanet_ros; dfanet_model imports it only for this subcommand
-        from dfanet_ros import node_bench
-    except ImportError as e:
-        print(f"error: dfanet bench node needs rclpy and dfanet_ros ({e})", file=sys.stderr)
+    node_bench = _node_bench("node", args)
+    if node_bench is None:
         return 2
-    if args.domain_id is None:
-        args.domain_id = node_bench.DEFAULT_DOMAIN_ID
     if any(c < 1 for c in args.cameras) or args.duration <= 0:
         print("error: --cameras must be at least 1 and --duration positive", file=sys.stderr)
         return 2
@@ -689,13 +698,9 @@ def run_node(args: argparse.Namespace) -> int:
 def run_soak(args: argparse.Namespace) -> int:
     import tempfile
 
-    try:  # ROS lives in dfanet_ros; dfanet_model imports it only for this subcommand
-        from dfanet_ros import node_bench
-    except ImportError as e:
-        print(f"error: dfanet bench soak needs rclpy and dfanet_ros ({e})", file=sys.stderr)
+    node_bench = _node_bench("soak", args)
+    if node_bench is None:
         return 2
-    if args.domain_id is None:
-        args.domain_id = node_bench.DEFAULT_DOMAIN_ID
     positive = {"--duration": args.duration, "--window": args.window,
                 "--sample-period": args.sample_period, "--factor": args.factor,
                 "--diagnostics-period": args.diagnostics_period,

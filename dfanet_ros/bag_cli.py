@@ -131,24 +131,13 @@ def eval_options(args: argparse.Namespace):
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from dfanet_model.checkpoint import CheckpointError
-
-    from .bag_eval import EvalError, evaluate, print_summary
-    from .report import write_report
+    from .bag_eval import evaluate_and_report
 
     opts = eval_options(args)
-    try:
-        result, snapshots = evaluate(opts)
-    except (BagError, CheckpointError, EvalError) as e:
-        print(f"dfanet bag eval: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # the node process has been stopped on the way out
-        print("dfanet bag eval: interrupted", file=sys.stderr)
-        return 130
-    print_summary(result)
-    write_report(opts.out, result, snapshots)
-    print(f"report: {opts.out}")
-    return 0
+    status = evaluate_and_report(opts, "dfanet bag eval")
+    if status == 0:
+        print(f"report: {opts.out}")
+    return status
 
 
 def run(args: argparse.Namespace) -> int:

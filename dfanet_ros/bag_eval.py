@@ -316,6 +316,28 @@ def build_result(opts: EvalOptions, card: Any, checkpoint: Path, device: str, ca
     }
 
 
+def evaluate_and_report(opts: EvalOptions, prog: str) -> int:
+    """Evaluate, print the summary and write the report folder; the command's exit status.
+
+    A bad bag, checkpoint or option is one line on stderr (status 1), Ctrl-C status 130.
+    """
+    from dfanet_model.checkpoint import CheckpointError
+
+    from .report import write_report
+
+    try:
+        result, snapshots = evaluate(opts)
+    except (BagError, CheckpointError, EvalError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # the node process has been stopped on the way out
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    print_summary(result)
+    write_report(opts.out, result, snapshots)
+    return 0
+
+
 def print_summary(result: dict[str, Any], file: Any = None) -> None:
     """The few lines a person wants on the terminal."""
     file = file or sys.stdout
@@ -505,6 +527,32 @@ def dds_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def stop_process(proc: subprocess.Popen) -> int | None:
+    """SIGINT (a clean lifecycle shutdown), then SIGTERM, then SIGKILL; the exit status."""
+    for sig, wait in ((signal.SIGINT, 10.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        if proc.poll() is not None:
+            break
+        proc.send_signal(sig)
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+    return proc.returncode
+
+
+def spin_in_background(executor: Any, name: str) -> threading.Thread:
+    """Spin ``executor`` in a daemon thread until its context shuts down."""
+    def spin() -> None:
+        try:
+            executor.spin()
+        except Exception:  # the context shut down under spin(); nothing left to do
+            pass
+
+    thread = threading.Thread(target=spin, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
 class NodeProcess:
     """The segmentation node as a subprocess, its output in a log file; stopped on exit."""
 
@@ -532,17 +580,10 @@ class NodeProcess:
         return "\n".join("    " + line for line in text[-lines:])
 
     def stop(self) -> None:
-        """SIGINT (a clean lifecycle shutdown), then SIGTERM, then SIGKILL."""
+        """End the node (see ``stop_process``)."""
         if self.proc is None:
             return
-        for sig, wait in ((signal.SIGINT, 10.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            if self.proc.poll() is not None:
-                break
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(wait)
-            except subprocess.TimeoutExpired:
-                continue
+        stop_process(self.proc)
         self._log.close()
 
 
@@ -573,14 +614,7 @@ class _Replayer:
         self.subscriptions: list[Any] = []
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, name="bag eval DDS", daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # the context shut down under spin(); nothing left to do
-            pass
+        self._thread = spin_in_background(self.executor, "bag eval DDS")
 
     def ready(self) -> bool:
         """The node subscribes to the camera topic and publishes the label topic."""

@@ -29,10 +29,9 @@ def run(args: argparse.Namespace) -> int:
     from dfanet_model.checkpoint import CheckpointError, read_checkpoint
     from dfanet_model.resources import SAMPLE_CAMVID_DIR
 
-    from .bag import BagError
-    from .bag_eval import EvalError, EvalOptions, default_checkpoint, evaluate, print_summary
+    from .bag_eval import EvalError, EvalOptions, default_checkpoint, evaluate_and_report
     from .bag_make import make_bag
-    from .report import SUMMARY_MD, write_report
+    from .report import SUMMARY_MD
 
     out: Path = args.out
     try:
@@ -54,15 +53,7 @@ def run(args: argparse.Namespace) -> int:
                        overlays=made.frames, progress=not args.no_progress)
     print(f"replaying it through the segmentation node (checkpoint {checkpoint}, "
           f"device {args.device}) ...", flush=True)
-    try:
-        result, snapshots = evaluate(opts)
-    except (BagError, CheckpointError, EvalError) as e:
-        print(f"dfanet demo: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # the node process has been stopped on the way out
-        print("dfanet demo: interrupted", file=sys.stderr)
-        return 130
-    print_summary(result)
-    write_report(report, result, snapshots)
-    print(f"report: {report / SUMMARY_MD}  overlays: {report / 'overlays'}")
-    return 0
+    status = evaluate_and_report(opts, "dfanet demo")
+    if status == 0:
+        print(f"report: {report / SUMMARY_MD}  overlays: {report / 'overlays'}")
+    return status

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from .bag import header_stamp_ns
-from .bag_eval import NodeProcess, dds_environment
+from .bag_eval import NodeProcess, dds_environment, spin_in_background
 from .report import percentiles
 
 DEFAULT_DOMAIN_ID = 231  # apart from the test suites' ranges
@@ -200,14 +200,7 @@ class _FlatOut:
             for i in range(cameras)]
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(node)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # shut down under spin()
-            pass
+        self.thread = spin_in_background(self.executor, "bench camera")
 
     def _answered(self, camera: int, msg: Any) -> None:
         with self.cond:
@@ -286,14 +279,7 @@ class _Collector:
                 lambda msg, c=cam: self._info(c, msg), qos))
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, name="bench collector", daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # the context shut down under spin()
-            pass
+        self._thread = spin_in_background(self.executor, "bench collector")
 
     def _arrived(self, camera: int, output: str, msg: Any) -> None:
         now = time.time_ns()

@@ -21,6 +21,7 @@ import torch
 from dfanet_model.checkpoint import ModelCard, save_model
 from dfanet_model.classes import CAMVID
 from dfanet_model.network import build_dfanet
+from dfanet_ros.bag_eval import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_INPUT = (120, 160)  # network size of the test checkpoints: fast on two CPU cores
@@ -133,18 +134,11 @@ class NodeProcess:
         return Path(self._log.name).read_text(errors="replace")
 
     def stop(self) -> int | None:
-        """SIGINT (clean shutdown), then SIGKILL; returns the exit status."""
-        for sig, wait in ((signal.SIGINT, 10.0), (signal.SIGKILL, 5.0)):
-            if self.proc.poll() is not None:
-                break
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(wait)
-            except subprocess.TimeoutExpired:
-                continue
+        """End the process (SIGINT, then harder) and remove its log; the exit status."""
+        status = stop_process(self.proc)
         self._log.close()
         os.unlink(self._log.name)
-        return self.proc.returncode
+        return status
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
