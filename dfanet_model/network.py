@@ -5,6 +5,7 @@ Modules mirror the boxes of the paper's Figure 3:
 
 * ``ConvNormAct``            shared conv -> norm -> activation
 * ``SeparableConv``          depthwise 3x3 + pointwise 1x1 (one row of Table 1's blocks)
+* ``ProjectionShortcut``     1x1 conv + norm on the residual path where the shape changes
 * ``XceptionBlock``          three separable convs with a residual shortcut
 * ``EncoderStage``           enc2 / enc3 / enc4: a stack of blocks, the first one strided
 * ``FCAttention``            global pool -> FC -> 1x1 conv -> channel-wise multiply
@@ -87,6 +88,27 @@ class SeparableConv(nn.Sequential):
         )
 
 
+class ProjectionShortcut(ConvNormAct):
+    """The residual shortcut's 1x1 projection; a stride is taken by subsampling first.
+
+    A 1x1 conv with stride s and no padding reads only every s-th pixel, so subsampling and
+    then convolving at stride 1 gives the same output with the same weights.  It also avoids
+    a oneDNN fault: on AVX-512 CPUs (torch 2.13-2.14) the weight gradient of a channels-last
+    1x1 stride-2 conv with fewer than 16 input channels corrupts the heap (an 8-channel input
+    of 8x8x120x160 crashes every time; AVX2 CPUs and NCHW are unaffected).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
+                 norm_layer: NormLayer = nn.BatchNorm2d) -> None:
+        super().__init__(in_channels, out_channels, 1, 1, norm_layer=norm_layer, act_layer=None)
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, ::self.stride, ::self.stride]
+        return super().forward(x)
+
+
 class XceptionBlock(nn.Module):
     """Three separable convs (c1, c2, c3) plus a residual shortcut; the first conv may stride."""
 
@@ -100,8 +122,7 @@ class XceptionBlock(nn.Module):
             SeparableConv(c2, c3, 1, norm_layer, act_layer=None),
         )
         if stride != 1 or in_channels != c3:
-            self.shortcut: nn.Module = ConvNormAct(in_channels, c3, 1, stride,
-                                                   norm_layer=norm_layer, act_layer=None)
+            self.shortcut: nn.Module = ProjectionShortcut(in_channels, c3, stride, norm_layer)
         else:
             self.shortcut = nn.Identity()
 

@@ -87,3 +87,54 @@ def test_counts_are_pinned(variant, size, params, macs):
     assert (c.params, c.macs) == (params, macs)
     assert sum(c.params_by_part.values()) == c.params
     assert sum(c.macs_by_part.values()) == c.macs
+
+
+# A 1x1 stride-2 conv's weight gradient in channels-last with fewer than 16 input channels,
+# at 8x8x120x160, corrupted the heap inside oneDNN on AVX-512 CPUs (torch 2.13/2.14).  The
+# shortcut now subsamples and convolves at stride 1; this trains the block that crashed, at
+# the sizes that crashed, in a child process so that a crash fails the test instead of the
+# suite.
+_CRASHED_BEFORE = """
+import torch
+from dfanet_model.network import XceptionBlock, build_dfanet
+torch.set_num_threads(1)
+torch.manual_seed(0)
+block = XceptionBlock(8, (8, 8, 32), stride=2).to(memory_format=torch.channels_last)
+opt = torch.optim.SGD(block.parameters(), lr=0.01)
+x = torch.randn(8, 8, 120, 160).contiguous(memory_format=torch.channels_last)
+for _ in range(4):
+    opt.zero_grad()
+    block(x).square().mean().backward()
+    opt.step()
+model = build_dfanet("B", 11).to(memory_format=torch.channels_last)
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+x = torch.randn(8, 3, 240, 320).contiguous(memory_format=torch.channels_last)
+y = torch.randint(0, 11, (8, 240, 320))
+for _ in range(2):
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+print("trained")
+"""
+
+
+def test_channels_last_training_at_the_sizes_that_crashed_onednn():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", _CRASHED_BEFORE], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "trained", out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("size", [(120, 160), (61, 83), (1, 1)])
+def test_projection_shortcut_equals_a_strided_1x1_conv(size):
+    from dfanet_model.network import ProjectionShortcut
+    torch.manual_seed(0)
+    shortcut = ProjectionShortcut(8, 32, stride=2).eval()
+    conv = torch.nn.Conv2d(8, 32, 1, stride=2, bias=False)
+    conv.weight.data.copy_(shortcut[0].weight)
+    x = torch.randn(2, 8, *size)
+    with torch.no_grad():
+        expected = shortcut[1](conv(x))
+        # Same products and sums; oneDNN may order the sums differently for another shape.
+        torch.testing.assert_close(shortcut(x), expected, rtol=1e-6, atol=1e-6)
