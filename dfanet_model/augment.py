@@ -1,9 +1,10 @@
 """Batched augmentation on whatever device holds the batch (the paper's section 4 recipe).
 
 Random horizontal flip, random scale, random crop to a fixed size (padding the label with the
-ignore value where the scaled image is smaller than the crop) and mean/std normalisation, for
-a whole batch at once.  Flip, scale and crop of one frame form a single affine map from crop
-pixels to source pixels, so each batch is resampled by one ``grid_sample`` call for the images
+ignore value where the scaled image is smaller than the crop), optional photometric jitter
+(brightness, contrast, saturation) and mean/std normalisation, for a whole batch at once.
+Flip, scale and crop of one frame form a single affine map from crop pixels
+to source pixels, so each batch is resampled by one ``grid_sample`` call for the images
 (bilinear) and one for the labels (nearest): no per-frame Python work, no intermediate
 rescaled image.  The random numbers come from a CPU ``torch.Generator`` the caller owns and
 checkpoints, so the sequence of batches is reproducible on any device.
@@ -25,6 +26,19 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return x.sub_(m).div_(s)
 
 
+def jitter_colors(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, 3) RGB with per-frame brightness, contrast and saturation ``factors``
+    (N, 3) applied in that order, as uint8 again (so ``normalize`` takes it as any frame)."""
+    f = factors.to(images.device, torch.float32)
+    x = images.float() * f[:, None, None, 0:1]
+    gray = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device)).sum(-1, keepdim=True)
+    x = (x - gray.mean(dim=(1, 2), keepdim=True)) * f[:, None, None, 1:2] \
+        + gray.mean(dim=(1, 2), keepdim=True)
+    gray = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device)).sum(-1, keepdim=True)
+    x = gray + (x - gray) * f[:, None, None, 2:3]
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
 @dataclass(frozen=True)
 class AugmentParams:
     """Per-frame draws of one batch (all CPU tensors of length N)."""
@@ -33,6 +47,8 @@ class AugmentParams:
     scale: torch.Tensor     # float
     offset_y: torch.Tensor  # crop origin in the scaled image, pixels (negative: padding above)
     offset_x: torch.Tensor
+    # (N, 3) brightness, contrast and saturation factors; None without jitter.
+    color: torch.Tensor | None = None
 
 
 class BatchAugment:
@@ -40,7 +56,8 @@ class BatchAugment:
 
     def __init__(self, crop_size: Sequence[int], scale_range: Sequence[float] = (0.75, 1.75),
                  hflip: bool = True, mean: Sequence[float] = (0.485, 0.456, 0.406),
-                 std: Sequence[float] = (0.229, 0.224, 0.225), ignore_index: int = 255) -> None:
+                 std: Sequence[float] = (0.229, 0.224, 0.225), ignore_index: int = 255,
+                 color_jitter: float = 0.0) -> None:
         if len(crop_size) != 2 or min(crop_size) < 1:
             raise ValueError(f"crop_size must be [height, width], got {list(crop_size)}")
         lo, hi = scale_range
@@ -52,6 +69,9 @@ class BatchAugment:
         self.hflip = hflip
         self.mean, self.std = tuple(mean), tuple(std)
         self.ignore_index = ignore_index
+        if not 0 <= color_jitter < 1:
+            raise ValueError(f"color_jitter must be in [0, 1), got {color_jitter}")
+        self.color_jitter = float(color_jitter)
 
     def draw(self, n: int, frame_size: Sequence[int], generator: torch.Generator
              ) -> AugmentParams:
@@ -69,14 +89,22 @@ class BatchAugment:
             u = torch.rand(n, generator=generator)
             offsets.append(torch.minimum(spare, torch.zeros_like(spare))
                            + torch.floor(u * (spare.abs() + 1)).long())
-        return AugmentParams(flip, scale, offsets[0], offsets[1])
+        color = None
+        if self.color_jitter:
+            # Drawn only when enabled, so runs without jitter see the same random sequence.
+            j = self.color_jitter
+            color = 1 - j + 2 * j * torch.rand(n, 3, generator=generator)
+        return AugmentParams(flip, scale, offsets[0], offsets[1], color)
 
     def apply(self, images: torch.Tensor, labels: torch.Tensor, params: AugmentParams
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images (N, H, W, 3) and labels (N, H, W) -> float (N, 3, h, w), long (N, h, w)."""
         n, height, width = labels.shape
         grid = self._grid(params, (height, width), images.device)
-        x = normalize(images, self.mean, self.std)
+        if params.color is None:
+            x = normalize(images, self.mean, self.std)
+        else:
+            x = normalize(jitter_colors(images, params.color), self.mean, self.std)
         # Padding with zeros after normalisation pads with the mean colour.
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         # Shift labels by one so that zero padding marks pixels outside the frame.

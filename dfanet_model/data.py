@@ -337,3 +337,16 @@ def median_frequency_weights(split: SegmentationSplit) -> torch.Tensor:
     freq = torch.where(present, pixels / image_pixels.clamp(min=1), torch.nan)
     weights = freq[present].median() / freq
     return torch.nan_to_num(weights, nan=0.0).float()
+
+
+def inverse_log_frequency_weights(split: SegmentationSplit, c: float = 1.02) -> torch.Tensor:
+    """Class weights 1 / ln(c + p(class)), p = the class's share of all labelled pixels.
+
+    (Paszke et al., ENet, 2016.)  Bounded by 1 / ln(c) (about 50), so rare classes gain
+    weight without the extremes of median-frequency balancing; absent classes get weight 0.
+    """
+    pixels, _ = class_pixel_counts(split)
+    if not (pixels > 0).any():
+        raise DataError(f"{split.dataset} {split.split}: no labelled pixels to weight classes")
+    weights = 1.0 / torch.log(c + pixels / pixels.sum())
+    return torch.where(pixels > 0, weights, 0.0).float()

@@ -56,12 +56,18 @@ from .data import (
     PLACEMENTS,
     DataError,
     SegmentationSplit,
+    inverse_log_frequency_weights,
     load_split,
     median_frequency_weights,
     sample_indices,
 )
 from .evaluate import EvalResult, _json_safe, autocast, evaluate, format_scores, split_batches
+from .losses import OhemCrossEntropy
 from .network import VARIANTS, DFANet, build_dfanet
+
+# Class-weighting schemes computed from the training labels.
+WEIGHT_SCHEMES = {"median_frequency": median_frequency_weights,
+                  "inverse_log_frequency": inverse_log_frequency_weights}
 
 
 class ConfigError(ValueError):
@@ -91,8 +97,13 @@ class TrainConfig:
     poly_power: float = 0.9
     warmup_iterations: int = 0
     warmup_factor: float = 0.1             # the learning rate starts at lr * warmup_factor
-    class_weights: Any = None              # None, a list (one per class) or "median_frequency"
-    precision: str = "bf16"                # autocast on CUDA: bf16, fp16 or fp32
+    class_weights: Any = None              # None, a list (one per class), or a scheme:
+    #                                        "median_frequency", "inverse_log_frequency"
+    loss: str = "cross_entropy"            # cross_entropy, or ohem (hard pixels only)
+    ohem_threshold: float = 0.7            # ohem: pixels whose true class is below this prob.
+    ohem_min_kept: float = 0.0625          # ohem: at least this fraction of labelled pixels
+    color_jitter: float = 0.0              # brightness/contrast/saturation factors 1 +- this
+    precision: str = "fp32"                # autocast: bf16 (CUDA, CPU), fp16 (CUDA) or fp32
     channels_last: bool = False
     compile: bool = False
     sync_batchnorm: bool = True            # across GPUs of a torchrun job
@@ -141,11 +152,19 @@ class TrainConfig:
              f"data_placement must be one of {', '.join(PLACEMENTS)}, "
              f"got {self.data_placement!r}")
         cw = self.class_weights
-        need(cw is None or cw == "median_frequency"
+        need(cw is None or cw in WEIGHT_SCHEMES
              or (_nums(cw, CLASS_TABLES.get(self.dataset, CLASS_TABLES["camvid"]).num_classes)
                  and min(cw) >= 0),
-             f"class_weights must be null, 'median_frequency' or one number >= 0 per class, "
-             f"got {cw!r}")
+             f"class_weights must be null, one of {', '.join(WEIGHT_SCHEMES)} or one number "
+             f">= 0 per class, got {cw!r}")
+        need(self.loss in ("cross_entropy", "ohem"),
+             f"loss must be cross_entropy or ohem, got {self.loss!r}")
+        need(isinstance(self.ohem_threshold, (int, float)) and 0 < self.ohem_threshold <= 1,
+             f"ohem_threshold must be a probability in (0, 1], got {self.ohem_threshold!r}")
+        need(isinstance(self.ohem_min_kept, (int, float)) and 0 < self.ohem_min_kept <= 1,
+             f"ohem_min_kept must be a fraction in (0, 1], got {self.ohem_min_kept!r}")
+        need(isinstance(self.color_jitter, (int, float)) and 0 <= self.color_jitter < 1,
+             f"color_jitter must be in [0, 1), got {self.color_jitter!r}")
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -196,7 +215,8 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Tr
     return TrainConfig(**data)
 
 
-_FLOAT_KEYS = {"lr", "momentum", "weight_decay", "poly_power", "warmup_factor"}
+_FLOAT_KEYS = {"lr", "momentum", "weight_decay", "poly_power", "warmup_factor",
+               "ohem_threshold", "ohem_min_kept", "color_jitter"}
 
 
 # ---------------------------------------------------------------- the pieces of a run
@@ -206,16 +226,20 @@ def get_dataset(cfg: TrainConfig, split: str, device: torch.device) -> Segmentat
     return load_split(cfg.dataset, cfg.data_root, split, device, cfg.data_placement)
 
 
-def criterion(cfg: TrainConfig, train: SegmentationSplit, device: torch.device
-              ) -> nn.CrossEntropyLoss:
-    """Cross-entropy over the classes, void ignored, optionally class-weighted."""
+def criterion(cfg: TrainConfig, train: SegmentationSplit, device: torch.device) -> nn.Module:
+    """Cross-entropy (all pixels, or the hard ones: OHEM), void ignored, optionally
+    class-weighted."""
     weight = None
-    if cfg.class_weights == "median_frequency":
-        weight = median_frequency_weights(train)
+    if isinstance(cfg.class_weights, str):
+        weight = WEIGHT_SCHEMES[cfg.class_weights](train)
     elif cfg.class_weights is not None:
         weight = torch.tensor(cfg.class_weights, dtype=torch.float32)
-    return nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device),
-                               ignore_index=cfg.table.ignore_index)
+    if weight is not None:
+        weight = weight.to(device)
+    if cfg.loss == "ohem":
+        return OhemCrossEntropy(weight, cfg.table.ignore_index, cfg.ohem_threshold,
+                                cfg.ohem_min_kept)
+    return nn.CrossEntropyLoss(weight=weight, ignore_index=cfg.table.ignore_index)
 
 
 class PolyLR:
@@ -267,7 +291,7 @@ class Job:
     val_data: SegmentationSplit | None
     model: DFANet              # the plain module: what checkpoints hold
     net: nn.Module             # what a step runs: model, or its DDP / compiled wrapper
-    loss_fn: nn.CrossEntropyLoss
+    loss_fn: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
@@ -322,7 +346,7 @@ def build_job(cfg: TrainConfig, ctx: dist_utils.Context) -> Job:
     scaler = torch.amp.GradScaler(ctx.device.type,
                                   enabled=cfg.precision == "fp16" and ctx.device.type == "cuda")
     augment = BatchAugment(cfg.crop_size, cfg.scale_range, cfg.hflip, cfg.mean, cfg.std,
-                           cfg.table.ignore_index)
+                           cfg.table.ignore_index, cfg.color_jitter)
     return Job(cfg, ctx, train_data, val_data, model, wrap(model, cfg, ctx),
                criterion(cfg, train_data, ctx.device), optimizer, scheduler, scaler, augment,
                torch.Generator().manual_seed(cfg.seed * 1000 + ctx.rank))
@@ -710,9 +734,10 @@ def benchmark(job: Job, steps: int, warmup: int = 3) -> int:
     med = statistics.median([a + b for a, b in zip(data_s, step_s, strict=True)])
     if ctx.is_main:
         h, w = cfg.crop_size
+        precision = cfg.precision if ctx.device.type == "cuda" or cfg.precision == "bf16" \
+            else "fp32"
         print(f"DFANet {cfg.variant.upper()}, batch {cfg.batch_size} x {ctx.world_size} "
-              f"process(es), crop {h}x{w}, {ctx.device}, precision "
-              f"{cfg.precision if ctx.device.type == 'cuda' else 'fp32'}, "
+              f"process(es), crop {h}x{w}, {ctx.device}, precision {precision}, "
               f"threads {torch.get_num_threads()}: "
               f"{cfg.batch_size * ctx.world_size / med:.1f} images/s (median step "
               f"{1000 * med:.0f} ms over {steps} steps after {warmup} warm-up; data + "

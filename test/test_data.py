@@ -182,6 +182,22 @@ def test_median_frequency_weights_by_hand():
     assert torch.equal(w[3:], torch.zeros(8))
 
 
+def test_inverse_log_frequency_weights_by_hand():
+    from dfanet_model.classes import CAMVID
+    from dfanet_model.data import SegmentationSplit, inverse_log_frequency_weights
+    labels = torch.full((2, 2, 4), 11, dtype=torch.uint8)
+    labels[0] = torch.tensor([[0, 0, 0, 0], [0, 0, 1, 1]])
+    labels[1, 0] = torch.tensor([2, 2, 2, 11])
+    split = SegmentationSplit("camvid", "hand", [], CAMVID, images=torch.zeros(2, 2, 4, 3),
+                              labels=labels)
+    w = inverse_log_frequency_weights(split)
+    # 11 labelled pixels: shares 6/11, 2/11, 3/11; weight 1 / ln(1.02 + share).
+    share = torch.tensor([6 / 11, 2 / 11, 3 / 11], dtype=torch.float64)
+    assert torch.allclose(w[:3].double(), 1 / torch.log(1.02 + share), rtol=1e-6)
+    assert torch.equal(w[3:], torch.zeros(8))
+    assert w[1] > w[2] > w[0]  # the rarer, the heavier
+
+
 @pytest.fixture(scope="module")
 def frames(sample_camvid):
     split = load_split("camvid", sample_camvid, "val", "cpu")
@@ -240,3 +256,35 @@ def test_augment_is_reproducible_from_the_generator_state(frames):
     params = aug.draw(1000, (360, 480), g)
     assert 0.75 <= float(params.scale.min()) and float(params.scale.max()) <= 1.75
     assert 0.4 < float(params.flip.float().mean()) < 0.6
+
+
+def test_color_jitter_changes_only_the_colours_and_stays_reproducible(frames):
+    images, labels = frames
+    plain = BatchAugment((120, 160), (0.75, 1.75), ignore_index=11)
+    jitter = BatchAugment((120, 160), (0.75, 1.75), ignore_index=11, color_jitter=0.4)
+    state = torch.Generator().manual_seed(5).get_state()
+    g1, g2 = torch.Generator(), torch.Generator()
+    g1.set_state(state)
+    g2.set_state(state)
+    xp, yp = plain(images, labels, g1)
+    xj, yj = jitter(images, labels, g2)
+    assert torch.equal(yp, yj)  # same geometry: the flip/scale/crop draws come first
+    assert not torch.allclose(xp, xj, atol=0.05)
+    g2.set_state(state)
+    again = jitter(images, labels, g2)
+    assert torch.equal(again[0], xj)
+    params = jitter.draw(500, (360, 480), torch.Generator().manual_seed(1))
+    assert 0.6 <= float(params.color.min()) and float(params.color.max()) <= 1.4
+
+
+def test_color_jitter_factors_by_hand():
+    from dfanet_model.augment import jitter_colors
+    img = torch.tensor([[[[100, 50, 200], [20, 40, 60]]]], dtype=torch.uint8)  # (1, 1, 2, 3)
+    same = jitter_colors(img, torch.ones(1, 3))
+    assert torch.equal(same, img)
+    brighter = jitter_colors(img, torch.tensor([[1.5, 1.0, 1.0]]))
+    assert torch.equal(brighter, (img.float() * 1.5).round().clamp(0, 255).to(torch.uint8))
+    gray = jitter_colors(img, torch.tensor([[1.0, 1.0, 0.0]]))
+    assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
+    flat = jitter_colors(img, torch.tensor([[1.0, 0.0, 1.0]]))
+    assert (flat.float().std(dim=(1, 2)) < 1).all()  # no contrast: every pixel the mean

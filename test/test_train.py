@@ -95,9 +95,15 @@ def _state_equal(a, b, path="state"):
         assert a == b, path
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, sample_camvid):
-    settings = dict(iterations=4, eval_every=2, save_every=100, class_weights="median_frequency",
-                    warmup_iterations=2, eval_size="[90,120]")
+@pytest.mark.parametrize("recipe", [
+    {"class_weights": "median_frequency"},
+    # the photometric draws and OHEM's data-dependent selection resume exactly too
+    {"class_weights": "inverse_log_frequency", "loss": "ohem", "color_jitter": 0.3,
+     "channels_last": "true"},
+], ids=["median_frequency", "ohem_jitter_channels_last"])
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, sample_camvid, recipe):
+    settings = dict(iterations=4, eval_every=2, save_every=100, warmup_iterations=2,
+                    eval_size="[90,120]", **recipe)
     assert main(train_args(tmp_path / "a", sample_camvid, **settings)) == 0
     assert main(train_args(tmp_path / "b", sample_camvid, ["--stop-after", "2"],
                            **settings)) == 0
@@ -211,6 +217,13 @@ def test_bad_settings_are_named(tmp_path, sample_camvid, capsys):
     err = capsys.readouterr().err
     assert "crop_size must be [height, width] of positive integers, got [0, 5]" in err
     assert "lr must be a number >= 0, got -1" in err
+    assert main(train_args(tmp_path, sample_camvid, loss="dice", ohem_threshold=0,
+                           color_jitter=1.5, class_weights="balanced")) == 2
+    err = capsys.readouterr().err
+    assert "loss must be cross_entropy or ohem, got 'dice'" in err
+    assert "ohem_threshold must be a probability in (0, 1], got 0" in err
+    assert "color_jitter must be in [0, 1), got 1.5" in err
+    assert "class_weights must be null, one of median_frequency, inverse_log_frequency" in err
     assert main(train_args(tmp_path, tmp_path / "missing")) == 1
     assert "CamVid root" in capsys.readouterr().err
 
