@@ -14,7 +14,8 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("dfanet_model.info", "parameters and FLOPs of each variant beside the paper's"),
-    "bench": ("dfanet_model.bench", "time the model (each mode), the engine, the node; soak the node"),
+    "bench": ("dfanet_model.bench",
+              "time the model (each mode), the engine, the node; soak the node"),
     "bag": ("dfanet_ros.bag_cli", "make rosbag2 drives from images; score the node on a bag"),
     "demo": ("dfanet_ros.demo", "replay the shipped sample drive through the node: mIoU, latency"),
     "train": ("dfanet_model.train", "train DFANet (YAML config, resume, torchrun multi-GPU)"),

@@ -31,13 +31,19 @@ class OhemCrossEntropy(nn.Module):
         self.min_kept = min_kept
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(logits, target, weight=self.weight,
-                               ignore_index=self.ignore_index, reduction="none").flatten()
+        # Hardness is the network's own -log p(true class), before any class weight.
+        loss = F.cross_entropy(logits, target, ignore_index=self.ignore_index,
+                               reduction="none").flatten()
         labelled = int((target != self.ignore_index).sum())
         if labelled == 0:
             return loss.sum()  # zero, and still part of the graph
         n_min = max(1, int(self.min_kept * labelled))
-        hard = loss[loss > self.loss_threshold]
-        if hard.numel() < n_min:
-            hard = loss.topk(n_min, sorted=False).values
-        return hard.mean()
+        kept = (loss > self.loss_threshold).nonzero().squeeze(1)
+        if kept.numel() < n_min:
+            kept = loss.topk(n_min, sorted=False).indices
+        if self.weight is None:
+            return loss[kept].mean()
+        # Weighted as cross-entropy's mean is: divided by the kept pixels' total weight, so
+        # class weights shift the balance between classes, not the loss's scale.
+        w = self.weight[target.flatten()[kept]]
+        return (w * loss[kept]).sum() / w.sum()

@@ -34,12 +34,18 @@ def curves(records: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
     return out
 
 
+def resumes(records: list[dict[str, Any]]) -> list[int]:
+    """Iterations at which the run was resumed: where each later piece of a run begins."""
+    return [r["iteration"] for r in records if r.get("event") == "resume"]
+
+
 def plot(run_dir: Path, out: Path | None = None) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = curves(read_log(run_dir / "log.jsonl"))
+    records = read_log(run_dir / "log.jsonl")
+    data = curves(records)
     fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     loss = sorted(data.pop("loss").items())
     if loss:
@@ -53,6 +59,10 @@ def plot(run_dir: Path, out: Path | None = None) -> Path:
         ax_miou.legend()
     for ax in (ax_loss, ax_miou):
         ax.grid(alpha=0.3)
+        for i, it in enumerate(resumes(records)):  # piece boundaries of a resumed run
+            ax.axvline(it, color="grey", ls=":", lw=1, label="resumed" if i == 0 else None)
+    if resumes(records):
+        ax_loss.legend()
     fig.suptitle(str(run_dir))
     out = out or run_dir / "curves.png"
     fig.savefig(out, dpi=100)

@@ -669,10 +669,14 @@ def finish(job: Job, run: RunDir, progress: Progress) -> None:
     """After the last iteration: score the kept weights on the test split and record it.
 
     The kept weights are best.pt's (chosen on val) or, without a val split, the final ones.
+    A run continued on another machine may carry only best.safetensors (the same weights;
+    training states are large, so only last.pt travels with it): then that file is used.
     """
     cfg, ctx = job.cfg, job.ctx
     best = run.path / "best.pt"
     dist_utils.barrier(ctx)  # rank 0 has written best.pt
+    if not best.exists() and cfg.val_split and (run.path / "best.safetensors").exists():
+        best = run.path / "best.safetensors"
     if best.exists():
         ckpt = read_checkpoint(best)
         model, card = ckpt.card.build_model().to(ctx.device), ckpt.card

@@ -55,9 +55,19 @@ def test_ohem_takes_class_weights_and_spatial_maps():
     weight = torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0])
     loss = OhemCrossEntropy(weight, ignore_index=255, threshold=1.0, min_kept=1.0)(logits,
                                                                                     target)
-    # threshold 1 keeps every pixel: the plain mean of the weighted per-pixel losses.
-    per_pixel = F.cross_entropy(logits, target, weight=weight, reduction="none")
-    assert loss.item() == pytest.approx(per_pixel.mean().item(), rel=1e-6)
+    # threshold 1 keeps every pixel: exactly weighted cross-entropy (normalised by weight).
+    expected = F.cross_entropy(logits, target, weight=weight)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_ohem_selects_by_probability_not_by_class_weight():
+    target = torch.tensor([0, 1])
+    logits = _logits_with_true_prob(target, [0.9, 0.5])
+    # class 0 weighs 100x: its pixel is still easy (p = 0.9), so only pixel 1 is kept.
+    weight = torch.tensor([100.0, 1.0, 1.0, 1.0])
+    loss = OhemCrossEntropy(weight, ignore_index=255, threshold=0.7, min_kept=0.1)(logits,
+                                                                                    target)
+    assert loss.item() == pytest.approx(-math.log(0.5), rel=1e-5)
 
 
 @pytest.mark.parametrize("kwargs", [{"threshold": 0.0}, {"threshold": 1.5}, {"min_kept": 0.0}])

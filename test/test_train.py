@@ -231,3 +231,19 @@ def test_bad_settings_are_named(tmp_path, sample_camvid, capsys):
 def test_existing_run_needs_resume(trained_run, sample_camvid, capsys):
     assert main(train_args(trained_run, sample_camvid)) == 1
     assert "already holds last.pt: pass --resume" in capsys.readouterr().err
+
+
+def test_finish_uses_best_safetensors_when_best_pt_stayed_behind(tmp_path, sample_camvid):
+    # A run continued on a fresh machine carries last.pt and best.safetensors, not best.pt.
+    settings = dict(iterations=4, eval_every=2, save_every=100, eval_size="[90,120]",
+                    test_split="test")
+    assert main(train_args(tmp_path, sample_camvid, ["--stop-after", "2"], **settings)) == 0
+    (tmp_path / "best.pt").unlink()
+    assert main(train_args(tmp_path, sample_camvid, ["--resume"],
+                           **{**settings, "iterations": 2})) == 0
+    test_eval = [r for r in log_records(tmp_path)
+                 if r["event"] == "eval" and r["split"] == "test"]
+    assert len(test_eval) == 1
+    assert test_eval[0]["weights"] == "best" and test_eval[0]["iteration"] == 2
+    card = read_checkpoint(tmp_path / "best.safetensors").card
+    assert set(card.metrics) == {"val", "test"}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# One piece of the CPU training of the shipped CamVid model: continue the run kept in
+# training/camvid_cpu/ for at most MINUTES of wall time, then redraw its curves.
+#
+#   MINUTES=120 scripts/cpu_train.sh
+#
+# The run directory travels with the repository, so any machine continues where the last piece
+# stopped: last.pt (the one training state, overwritten; under 20 MB), log.jsonl, config.yaml
+# and best.safetensors (the best weights on val so far).  Commit them after each piece.
+# PROCESSES (default: one per CPU core) one-thread processes train together as a gloo job on
+# loopback: on two cores that ran faster than one process with two threads (BENCHMARKS.md).
+# CamVid comes from $DATA, else $DFANET_CAMVID, else ../shared/data/camvid.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${DFANET_VENV:-$root/.venv}
+minutes=${MINUTES:-120}
+run=${RUN_DIR:-$root/training/camvid_cpu}
+processes=${PROCESSES:-$(nproc)}
+data=${DATA:-${DFANET_CAMVID:-$root/../shared/data/camvid}}
+if awk "BEGIN {exit !($minutes > 150)}"; then
+  echo "cpu_train.sh: MINUTES=$minutes: a piece runs at most 150 minutes" >&2
+  exit 2
+fi
+"$root/scripts/setup.sh" > /dev/null
+cd "$root"
+resume=()
+[ -f "$run/last.pt" ] && resume=(--resume)
+args=(train --config config/train_camvid_cpu.yaml --set data_root="$data" --set progress=false
+      --run-dir "$run" --time-budget "$minutes" "${resume[@]}" "$@")
+if [ "$processes" -gt 1 ]; then
+  # Gloo and the rendezvous store stay on loopback.
+  GLOO_SOCKET_IFNAME=lo OMP_NUM_THREADS=1 "$venv/bin/python" -m torch.distributed.run \
+    --standalone --nproc-per-node "$processes" -m dfanet_model.cli "${args[@]}" --threads 1
+else
+  "$venv/bin/dfanet" "${args[@]}"
+fi
+"$venv/bin/dfanet" plot "$run" --out "$root/docs/camvid_cpu_training_curves.png"
+du -h "$run"/last.pt
