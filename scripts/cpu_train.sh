@@ -9,7 +9,8 @@
 # and best.safetensors (the best weights on val so far).  Commit them after each piece.
 # PROCESSES (default: one per CPU core) one-thread processes train together as a gloo job on
 # loopback: on two cores that ran faster than one process with two threads (BENCHMARKS.md).
-# CamVid comes from $DATA, else $DFANET_CAMVID, else ../shared/data/camvid.
+# CamVid comes from $DATA, else $DFANET_CAMVID, else ../shared/data/camvid.  Arguments go to
+# `dfanet train` (e.g. --set iterations=N to lengthen the schedule).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${DFANET_VENV:-$root/.venv}
@@ -17,6 +18,7 @@ minutes=${MINUTES:-120}
 run=${RUN_DIR:-$root/training/camvid_cpu}
 processes=${PROCESSES:-$(nproc)}
 data=${DATA:-${DFANET_CAMVID:-$root/../shared/data/camvid}}
+curves=${CURVES:-$root/docs/camvid_cpu_training_curves.png}
 if awk "BEGIN {exit !($minutes > 150)}"; then
   echo "cpu_train.sh: MINUTES=$minutes: a piece runs at most 150 minutes" >&2
   exit 2
@@ -34,5 +36,5 @@ if [ "$processes" -gt 1 ]; then
 else
   "$venv/bin/dfanet" "${args[@]}"
 fi
-"$venv/bin/dfanet" plot "$run" --out "$root/docs/camvid_cpu_training_curves.png"
+"$venv/bin/dfanet" plot "$run" --out "$curves"
 du -h "$run"/last.pt

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from PIL import Image
 
 from dfanet_model.checkpoint import read_checkpoint
 from dfanet_model.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Small, fast runs: DFANet B on tiny crops of the shipped sample frames.
 TINY = {"variant": "B", "crop_size": "[64,96]", "batch_size": 2, "log_every": 1,
@@ -247,3 +250,32 @@ def test_finish_uses_best_safetensors_when_best_pt_stayed_behind(tmp_path, sampl
     assert test_eval[0]["weights"] == "best" and test_eval[0]["iteration"] == 2
     card = read_checkpoint(tmp_path / "best.safetensors").card
     assert set(card.metrics) == {"val", "test"}
+
+
+def test_cpu_campaign_script_runs_and_resumes_pieces(tmp_path, sample_camvid):
+    """scripts/cpu_train.sh: a piece starts the kept run, the next resumes it (here with two
+    one-thread processes), and the curves are redrawn after each."""
+    script = REPO / "scripts" / "cpu_train.sh"
+    run_dir, curves = tmp_path / "run", tmp_path / "curves.png"
+    sets = []
+    for key, value in {**TINY, "eval_every": 2, "eval_size": "[90,120]"}.items():
+        sets += ["--set", f"{key}={value}"]
+    env = dict(os.environ, RUN_DIR=str(run_dir), DATA=str(sample_camvid), CURVES=str(curves),
+               MINUTES="5", PROCESSES="1", DFANET_VENV=str(Path(sys.executable).parents[1]))
+    first = subprocess.run([str(script), *sets, "--set", "iterations=2"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (run_dir / "last.pt").is_file() and curves.is_file()
+    curves.unlink()
+    second = subprocess.run([str(script), *sets, "--set", "iterations=4"],
+                            env={**env, "PROCESSES": "2"}, capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    events = [(r["event"], r["iteration"]) for r in log_records(run_dir)
+              if r["event"] in ("start", "resume", "end")]
+    assert events == [("start", 0), ("end", 2), ("resume", 2), ("end", 4)]
+    assert read_checkpoint(run_dir / "last.pt").training_state["world_size"] == 2
+    assert curves.is_file()
+    too_long = subprocess.run([str(script)], env={**env, "MINUTES": "151"},
+                              capture_output=True, text=True, timeout=60)
+    assert too_long.returncode == 2 and "at most 150 minutes" in too_long.stderr
