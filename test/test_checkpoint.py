@@ -102,7 +102,7 @@ def test_truncated_training_state(tmp_path, model):
     path = tmp_path / "last.pt"
     save_training_state(path, {"model": model.state_dict()}, camvid_card())
     path.write_bytes(path.read_bytes()[:5000])
-    with pytest.raises(CheckpointError, match=r"last\.pt: corrupt, truncated or unsafe"):
+    with pytest.raises(CheckpointError, match=r"last\.pt: corrupt or truncated torch file"):
         read_checkpoint(path)
 
 
@@ -129,7 +129,7 @@ def test_pickled_code_is_not_executed(tmp_path):
 
     path = tmp_path / "evil.pt"
     torch.save({"model": Evil(), "card": "{}"}, path)
-    with pytest.raises(CheckpointError, match="unsafe"):
+    with pytest.raises(CheckpointError, match="refused: the file holds pickled code"):
         read_checkpoint(path)
     assert not (tmp_path / "pwned").exists()
 
@@ -158,5 +158,6 @@ def test_invalid_metadata(tmp_path, model):
     meta = json.loads(camvid_card().to_json())
     meta["class_names"] = ["only one"]
     save_file(load_file(str(path)), str(path), metadata={"dfanet": json.dumps(meta)})
-    with pytest.raises(CheckpointError, match="invalid metadata: 1 class names for 11 classes"):
+    with pytest.raises(CheckpointError,
+                       match=r"m\.safetensors: class_names: 1 names for 11 classes$"):
         read_checkpoint(path)

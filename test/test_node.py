@@ -451,15 +451,18 @@ def test_fuzzed_frames_never_stop_the_node_and_are_all_counted(client, node, fra
 # -- start-up --------------------------------------------------------------------------------
 
 
-def _mismatched(path):
-    """A checkpoint whose card says DFANet A over DFANet B weights."""
+def _mismatched(path, **card_fields):
+    """A checkpoint whose card says DFANet A over DFANet B weights (or has ``card_fields``)."""
+    import json
+
     from helpers_ros import camvid_card
     from safetensors.torch import load_file, save_file
 
     from dfanet_model.checkpoint import METADATA_KEY
 
     make_checkpoint(path)
-    save_file(load_file(path), path, metadata={METADATA_KEY: camvid_card("A").to_json()})
+    card = json.loads(camvid_card("B" if card_fields else "A").to_json())
+    save_file(load_file(path), path, metadata={METADATA_KEY: json.dumps({**card, **card_fields})})
     return path
 
 
@@ -539,6 +542,12 @@ def test_lifecycle_transitions_in_process(checkpoint, tmp_path, capfd):
                 ({"checkpoint": str(corrupt)}, "corrupt.safetensors: not a dfanet checkpoint"),
                 ({"checkpoint": str(_mismatched(tmp_path / "a_over_b.safetensors"))},
                  "weights do not fit DFANet A"),
+                ({"checkpoint": str(_mismatched(tmp_path / "nan.safetensors",
+                                                std=[0.2, float("nan"), 0.2]))},
+                 "checkpoint " + str(tmp_path / "nan.safetensors") + ": std[1]: must be finite"),
+                ({"checkpoint": str(_mismatched(tmp_path / "huge.safetensors",
+                                                input_size=[100000, 100000]))},
+                 "huge.safetensors: input_size height: must be in 1..8192, got 100000"),
                 ({"checkpoint": str(checkpoint), "camera_topics": ["a", "a"]},
                  "camera_topics must list distinct topics"),
                 ({"camera_topics": ["a"], "model_height": -1},
