@@ -15,6 +15,8 @@ crash never leaves a half-written file under the final name.  Every load failure
 from __future__ import annotations
 
 import dataclasses
+import glob
+import io
 import json
 import math
 import os
@@ -24,7 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -270,43 +272,74 @@ def stamp_provenance(card: ModelCard, **extra: Any) -> None:
                            package_version=__version__, **extra)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` and rename the result onto ``path`` only once it is complete."""
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint that could not be written (disk full, no permission, ...); the file that
+    was there before is left as it was."""
+
+    def __init__(self, path: str | os.PathLike, error: OSError) -> None:
+        reason = error.strerror or str(error) or type(error).__name__
+        self.path, self.problem, self.errno = str(path), reason, error.errno
+        ValueError.__init__(self, f"cannot write {path}: {reason[:1].lower()}{reason[1:]}")
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | memoryview) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, and rename it onto ``path``.
+
+    A failed write (disk full, quota, permission) raises ``CheckpointWriteError`` and leaves
+    ``path`` as it was.  Temporary files that a killed process left for ``path`` are removed
+    first.  ``data`` is serialised in memory beforehand, so a write error is the operating
+    system's, with its errno, and never a serialiser's confused state.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; a checkpoint is not secret
-        with open(tmp, "rb") as f:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with open(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(f.fileno(), 0o666 & ~umask)  # mkstemp made it private; not a secret
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
+        tmp = None
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        raise CheckpointWriteError(path, e) from None
     finally:
-        os.close(dir_fd)
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` files an interrupted ``atomic_write`` of ``path`` left."""
+    path = Path(path)
+    stale = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    for old in stale:
+        old.unlink(missing_ok=True)
+    return stale
 
 
 def save_model(path: str | os.PathLike, model: nn.Module, card: ModelCard) -> None:
     """Write a deployable checkpoint: weights (safetensors) + the model card."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={METADATA_KEY: card.to_json()}))
+    atomic_write(path, save(state, metadata={METADATA_KEY: card.to_json()}))
 
 
 def save_training_state(path: str | os.PathLike, state: dict[str, Any], card: ModelCard) -> None:
     """Write a resumable training checkpoint (``state`` must hold only tensors and containers)."""
     payload = dict(state, card=card.to_json(), format_version=FORMAT_VERSION)
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write(path, buffer.getbuffer())
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
