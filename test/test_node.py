@@ -572,3 +572,51 @@ def test_lifecycle_transitions_in_process(checkpoint, tmp_path, capfd):
     finally:
         node.destroy_node()
         rclpy.try_shutdown(context=context)
+
+
+# -- memory ----------------------------------------------------------------------------------
+
+
+def _rss_mib(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def test_extreme_aspect_frames_leave_the_node_resident_memory_as_it_was(checkpoint, client,
+                                                                        frame):
+    """PNGs of a few KB that decode to 16 M pixels of 1,000,000x16 or 16x1,000,000 (under the
+    default max_image_pixels) once left the node gigabytes larger."""
+    topic = "/huge/image/compressed"
+    proc = NodeProcess(node_command(
+        {"checkpoint": checkpoint, "device": "cpu", "cpu_threads": 1, "backend": "eager",
+         "camera_topics": [topic], "input_reliability": "reliable", "input_depth": 5,
+         "diagnostics_period": 0.0}, remaps=[("__node", "dfanet_huge")]), ros_env(DOMAIN))
+    cols = collectors(client, topic, ("label", "overlay", "info"))
+    try:
+        small = array_to_compressed(np.ascontiguousarray(frame[:120, :160]), Header(), "png")
+
+        def make(pixels):
+            def msg(stamp):
+                m = array_to_compressed(pixels, Header(), "png") if pixels is not None else small
+                m.header.stamp.sec, m.header.stamp.nanosec = stamp
+                return m
+            return msg
+
+        for _ in range(3):  # warm: plans, DDS buffers, the allocator's arenas
+            exchange(client, proc, topic, make(None), cols)
+        before = _rss_mib(proc.proc.pid)
+        tall = np.zeros((1_000_000, 16), np.uint8)
+        tall[::7] = 200
+        wide = np.zeros((16, 1_000_000, 3), np.uint8)
+        wide[:, ::5] = (10, 200, 30)
+        for big in (tall, wide, tall):
+            exchange(client, proc, topic, make(big), {"info": cols["info"]}, timeout=120.0)
+        exchange(client, proc, topic, make(None), cols)  # the outputs' history holds small ones
+        after = _rss_mib(proc.proc.pid)
+        assert after - before < 200, f"resident {before:.0f} MiB before, {after:.0f} after"
+        assert proc.alive()
+    finally:
+        close_all(cols)
+        proc.stop()
