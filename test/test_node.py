@@ -620,3 +620,50 @@ def test_extreme_aspect_frames_leave_the_node_resident_memory_as_it_was(checkpoi
     finally:
         close_all(cols)
         proc.stop()
+
+
+def test_deactivate_waits_for_one_frame_at_most(checkpoint):
+    """Deactivate once joined each camera's worker in turn: with a frame queued at the engine
+    lock behind another, the lifecycle service was held for every camera's frame."""
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from dfanet_ros.segmentation_node import SegmentationNode
+
+    cameras = ["d0/image", "d1/image", "d2/image"]
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=DOMAIN + 3)
+    node = SegmentationNode(context=context, parameter_overrides=[
+        Parameter("checkpoint", value=str(checkpoint)), Parameter("autostart", value=False),
+        Parameter("device", value="cpu"), Parameter("camera_topics", value=cameras),
+        Parameter("backend", value="eager"), Parameter("diagnostics_period", value=0.0)])
+    watcher = rclpy.create_node("deactivate_watcher", context=context)
+    try:
+        node.trigger_configure()
+        node.trigger_activate()
+        subs = [watcher.create_subscription(Image, output_topic(f"/{c}", "label"),
+                                            lambda m: None, 1) for c in cameras]
+        wait_for(lambda: all(c.publishers["label"].get_subscription_count() for c in
+                             node._cameras), 20.0, "the label subscriptions")
+        pixels = np.zeros((4000, 4000), np.uint8)
+        pixels[::3] = 90
+        start = time.perf_counter()
+        node.engine.run(pixels, "mono8", frozenset({"label"}))
+        frame_s = time.perf_counter() - start  # one frame's engine work
+
+        def message(i):
+            return image_message(pixels, "mono8", (i, 0))
+
+        for i, camera in enumerate(node._cameras):
+            node._on_frame(camera, message(i + 1))
+        wait_for(lambda: node._engine_lock.locked(), 10.0, "a worker to start a frame")
+        start = time.perf_counter()
+        node.trigger_deactivate()
+        took = time.perf_counter() - start
+        assert took < 1.5 * frame_s + 0.3, f"deactivate took {took:.2f} s, a frame {frame_s:.2f}"
+        assert not node._cameras
+        del subs
+    finally:
+        watcher.destroy_node()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
