@@ -348,7 +348,8 @@ class SegmentationNode(LifecycleNode):
             camera.stats.count("lost", int(info.total_count_change))
 
         msg_type = CompressedImage if camera.compressed else Image
-        callback = (lambda msg: self._on_frame(camera, msg))  # noqa: E731
+        # Two parameters: rclpy passes the message info (publisher GID, sequence number) too.
+        callback = (lambda msg, info: self._on_frame(camera, msg, info))  # noqa: E731
         try:
             return self.create_subscription(
                 msg_type, camera.topic, callback, qos,
@@ -356,10 +357,14 @@ class SegmentationNode(LifecycleNode):
         except UnsupportedEventTypeError:  # middleware without message-lost events
             return self.create_subscription(msg_type, camera.topic, callback, qos)
 
-    def _on_frame(self, camera: _Camera, msg: Any) -> None:
+    def _on_frame(self, camera: _Camera, msg: Any, info: dict[str, Any] | None = None) -> None:
         """Executor thread: check the fields, hand the newest frame to the worker."""
         received = time.perf_counter()
         camera.stats.count("received")
+        if info is not None:
+            gid = info.get("publisher_gid") or {}
+            camera.stats.count_sequence(bytes(gid.get("data", b"")),
+                                        info.get("publication_sequence_number"))
         if not camera.compressed:
             try:
                 check_image(msg, self._config["max_image_pixels"])

@@ -667,3 +667,48 @@ def test_deactivate_waits_for_one_frame_at_most(checkpoint):
         watcher.destroy_node()
         node.destroy_node()
         rclpy.try_shutdown(context=context)
+
+
+def test_frames_dds_replaced_in_the_input_queue_are_counted(checkpoint):
+    """With the default best-effort, depth-1 input, frames that arrive faster than the executor
+    takes them are replaced inside DDS and never reach the node's callback: the publishers'
+    sequence numbers count them (frames_unseen), so published = received + unseen."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from dfanet_ros.segmentation_node import SegmentationNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=DOMAIN + 4)
+    node = SegmentationNode(context=context, parameter_overrides=[
+        Parameter("checkpoint", value=str(checkpoint)), Parameter("autostart", value=False),
+        Parameter("device", value="cpu"), Parameter("camera_topics", value=["q/image"]),
+        Parameter("backend", value="eager"), Parameter("diagnostics_period", value=0.0)])
+    camera_side = rclpy.create_node("burst_camera", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    try:
+        node.trigger_configure()
+        node.trigger_activate()
+        pub = camera_side.create_publisher(Image, "/q/image", 50)
+        wait_for(lambda: pub.get_subscription_count() == 1, 20.0, "the node's subscription")
+        stats = node._cameras[0].stats
+        small = np.zeros((8, 8, 3), np.uint8)
+        published = 0
+        for burst in (1, 30, 1, 12):  # nobody spins while a burst is published
+            for _ in range(burst):
+                published += 1
+                pub.publish(image_message(small, "rgb8", (published, 0)))
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline and stats.received + stats.unseen < published:
+                executor.spin_once(timeout_sec=0.1)
+        snap = stats.snapshot()
+        assert snap["frames_received"] + snap["frames_unseen"] == published, snap
+        assert snap["frames_unseen"] >= 20, snap  # most of each burst was replaced
+        assert snap["frames_received"] >= 4
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        camera_side.destroy_node()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
