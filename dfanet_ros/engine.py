@@ -11,8 +11,8 @@ output buffers (pinned host memory on CUDA), index tensors for the nearest upsam
 per-class pixel weights.  A frame of another size or encoding makes a new plan (logged); the
 last few plans are kept so cameras of different sizes do not re-plan on every frame.
 
-Memory follows the pixel count, whatever the aspect ratio: a plan holds at most about 35
-bytes per input pixel (41 on CUDA, with the pinned host copies), plus index vectors of one
+Memory follows the pixel count, whatever the aspect ratio: a plan holds at most 41
+bytes per input pixel (50 on CUDA, with the device and host copies), plus index vectors of one
 entry per row and column, plus model-size terms; the nearest upsampling goes through the
 smaller of its two possible intermediates (rows first or columns first), which is never
 larger than the input or the model size.  The plans kept between frames hold at most
@@ -61,8 +61,9 @@ _YUV_LAYOUT: dict[str, tuple[int, int]] = {
     "yuv422": (1, 0), "uyvy": (1, 0), "yuv422_yuy2": (0, 1), "yuyv": (0, 1),
 }
 MAX_PLANS = 4
-# Bytes that the plans kept between frames may hold together: two 1920x1080 plans fit (about
-# 72 MB each on the CPU, 85 MB on CUDA), and a frame needing more is planned for itself alone.
+# Bytes that the plans kept between frames may hold together: MAX_PLANS 1920x1080 rgb8 plans
+# fit on the CPU (46 MiB each), three on CUDA (about 66 MiB each, host and device); a frame
+# needing more than the budget is planned for itself alone.
 PLAN_BUDGET = 256 * 2**20
 
 
@@ -270,9 +271,12 @@ class SegmentationEngine:
         if plan is not None:
             self._plans.move_to_end(key)
             return plan, False
-        plan = self._make_plan(height, width, encoding)
-        size = plan.nbytes
-        if size > self.plan_budget:
+        size = self.plan_nbytes(height, width, encoding)
+        kept = size <= self.plan_budget
+        # A plan for one frame only gets pageable host buffers: freed pinned memory would stay
+        # in torch's pinned-memory cache, resident.
+        plan = self._make_plan(height, width, encoding, pinned=kept)
+        if not kept:
             plan.kept = False
             if key != self._last_single:  # once per run of such frames, not at frame rate
                 log.info("engine: the plan for %dx%d %s needs %.0f MiB, above the %.0f MiB "
@@ -290,7 +294,25 @@ class SegmentationEngine:
                  height, width, encoding, size / 2**20, *plan.model_hw, self.device)
         return plan, True
 
-    def _make_plan(self, height: int, width: int, encoding: str) -> _Plan:
+    def plan_nbytes(self, height: int, width: int, encoding: str) -> int:
+        """Bytes the plan for such frames holds (``_Plan.nbytes``), known before allocating."""
+        cuda = self.device.type == "cuda"
+        mh, mw = (height, width) if self.model_size == (0, 0) else self.model_size
+        pixels, model_pixels = height * width, mh * mw
+        same = (mh, mw) == (height, width)
+        per_pixel = ENCODING_CHANNELS[encoding] * (2 if cuda else 1)  # host_in (+ dev_in)
+        per_pixel += 12 + 7 + (7 if cuda else 0)  # rgb; label, colour, overlay (+ host copies)
+        per_pixel += 12 if same else 0            # norm
+        per_pixel += 4 if encoding in _YUV_LAYOUT else 0  # luma
+        total = per_pixel * pixels + 4 * model_pixels + 4  # pixel weights, keep
+        if encoding in _YUV_LAYOUT:
+            total += 2 * 4 * height * (width // 2)          # u, v
+        if not same:
+            total += 8 * (height + width) + 4 * min(height * mw, mh * width)  # indices, tmp
+        return total + 4 * self.card.num_classes * (2 if cuda else 1)  # counts
+
+    def _make_plan(self, height: int, width: int, encoding: str, pinned: bool = True
+                   ) -> _Plan:
         dev, cuda = self.device, self.device.type == "cuda"
         model_hw = (height, width) if self.model_size == (0, 0) else self.model_size
         mh, mw = model_hw
@@ -299,7 +321,7 @@ class SegmentationEngine:
         f32 = dict(dtype=torch.float32, device=dev)
 
         def host(*shape: int, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
-            return torch.empty(shape, dtype=dtype, pin_memory=cuda)
+            return torch.empty(shape, dtype=dtype, pin_memory=cuda and pinned)
 
         host_in = host(height, width, channels)
         same = model_hw == (height, width)

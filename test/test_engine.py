@@ -185,10 +185,10 @@ def test_a_new_size_plans_once_and_logs(engine, frame, caplog):
 
 
 def plan_bound(height: int, width: int, model_hw: tuple[int, int]) -> int:
-    """What the engine promises a plan costs on the CPU: 35 bytes per input pixel, 16 per row
+    """What the engine promises a plan costs on the CPU: 41 bytes per input pixel, 16 per row
     and column (index vectors), and terms of the model's size only, whatever the aspect."""
     pixels, model_pixels = height * width, model_hw[0] * model_hw[1]
-    return 35 * pixels + 16 * (height + width) + 8 * max(pixels, model_pixels) + 4096
+    return 41 * pixels + 16 * (height + width) + 8 * max(pixels, model_pixels) + 4096
 
 
 @settings(max_examples=40, deadline=None, database=None,
@@ -208,6 +208,7 @@ def test_memory_follows_pixels_whatever_the_aspect_ratio(engine, long_side, shor
     result = engine.run(image, encoding, outputs)
     plan = engine._plans[(height, width, encoding)]
     assert plan.nbytes <= plan_bound(height, width, engine.model_size), (height, width)
+    assert plan.nbytes == engine.plan_nbytes(height, width, encoding)  # known beforehand
     for name in outputs:
         assert getattr(result, name).shape[:2] == (height, width)
     if "label" in outputs:  # nearest upsampling of the model's labels, either order
@@ -238,6 +239,11 @@ def test_plans_kept_between_frames_stay_within_the_budget(checkpoint, frame, cap
     for h in range(200, 360, 20):  # many sizes: the oldest plans go first
         engine.run(np.ascontiguousarray(frame[:h]))
         assert engine.plan_bytes <= budget and len(engine._plans) <= MAX_PLANS
+    for h, w, encoding in ((360, 480, "rgb8"), (361, 481, "mono8"), (120, 160, "yuyv"),
+                           (7, 9000, "bgra8")):
+        engine.run(np.zeros((h, w, ENCODING_CHANNELS[encoding]), np.uint8), encoding)
+        plan = engine._plans.get((h, w, encoding))
+        assert plan is not None and plan.nbytes == engine.plan_nbytes(h, w, encoding)
     default = SegmentationEngine(checkpoint, device="cpu", backend="eager")
     assert default.plan_budget == PLAN_BUDGET == 256 * 2**20
 
