@@ -25,7 +25,7 @@ from helpers_ros import (
     torch_threads,
     wait_for,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -411,25 +411,35 @@ def test_fuzzed_frames_never_stop_the_node_and_are_all_counted(client, node, fra
     pub = exchange.publishers[FUZZ]
     before = latest(diagnostics, FUZZ, node, time.monotonic())
     faults: list[str | None] = []
+    shapes: list[tuple[str | None, int, int]] = []
 
     @settings(max_examples=60, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
+    # Valid frames of extreme aspect ratio, always among the examples.
+    @example(encoding="mono8", width=4, height=65_000, step_delta=0, size_delta=0)
+    @example(encoding="rgb8", width=70_000, height=1, step_delta=5, size_delta=3)
+    @example(encoding="yuyv", width=2, height=66_000, step_delta=0, size_delta=0)
     @given(encoding=st.sampled_from(FUZZ_ENCODINGS), width=dims, height=dims,
            step_delta=st.integers(-4, 6), size_delta=st.integers(-5, 5))
     def send(encoding, width, height, step_delta, size_delta):
         channels = ENCODING_CHANNELS.get(encoding, 3)
         step = min(max(0, width * channels + step_delta), (1 << 32) - 1)
-        size = max(0, min(step * height + size_delta, 20_000))
+        # Up to 300 KB: enough for valid frames of extreme aspect (65,000 x 4 mono8, 1 x 70,000
+        # rgb8) to reach the engine.
+        size = max(0, min(step * height + size_delta, 300_000))
         msg = Image(encoding=encoding, width=min(width, (1 << 32) - 1),
                     height=min(height, (1 << 32) - 1), step=step,
                     data=bytes(np.random.default_rng(size).integers(0, 256, size, np.uint8)))
         msg.header.stamp.sec, msg.header.stamp.nanosec = next_stamp()
         pub.publish(msg)
         faults.append(expected_fault(msg.encoding, msg.width, msg.height, msg.step, size))
+        shapes.append((faults[-1], msg.width, msg.height))
         time.sleep(0.002)
 
     send()
     assert faults.count(None) < len(faults), "the fuzzer sent no bad frame"
+    assert any(f is None and max(w, h) >= 60_000 for f, w, h in shapes), \
+        "the fuzzer sent no valid frame of extreme aspect ratio"
 
     def settled():
         v = latest(diagnostics, FUZZ, node, time.monotonic())
