@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from . import mcap_crc
+
 STORAGES = ("mcap", "sqlite3")
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
@@ -116,6 +118,9 @@ class BagWriter:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
             self._writer.close()
+            # rosbags leaves the mcap CRCs 0; with them a reader can tell a damaged bag.
+            for storage_file in sorted(self.path.glob("*.mcap")):
+                mcap_crc.add_crcs(storage_file)
         else:  # never leave a half-written bag behind
             self._writer.abort()
             shutil.rmtree(self.path, ignore_errors=True)
@@ -160,6 +165,14 @@ class BagReader:
             raise BagError(self.path, "not found")
         if self.path.is_dir() and not (self.path / "metadata.yaml").is_file():
             raise BagError(self.path, "not a rosbag2 bag (directory without metadata.yaml)")
+        files = sorted(self.path.glob("*.mcap")) if self.path.is_dir() else [self.path]
+        self.crcs_checked = 0  # 0 for a bag without CRCs: damage inside messages goes unseen
+        for storage_file in (f for f in files if f.suffix == ".mcap"):
+            try:
+                self.crcs_checked += mcap_crc.verify(storage_file)
+            except mcap_crc.McapCorrupt as e:
+                where = "" if storage_file == self.path else f"{storage_file.name}: "
+                raise BagError(self.path, f"corrupted: {where}{e}") from None
         try:
             self._reader = Reader(self.path)
             self._reader.open()

@@ -91,6 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="the node's label topic (default: derived from the camera topic)")
     ev.add_argument("--timeout", type=_positive, default=10.0,
                     help="seconds to wait for each answer before counting a drop (10)")
+    ev.add_argument("--startup-timeout", type=_positive, default=120.0,
+                    help="seconds for the node to come up and answer a warm-up frame (120)")
     ev.add_argument("--warmup", type=int, default=2, help="untimed warm-up frames (2)")
     ev.add_argument("--overlays", type=int, default=4,
                     help="overlay snapshots written to the report (4)")
@@ -127,6 +129,7 @@ def eval_options(args: argparse.Namespace):
         size=args.size, device=args.device, cpu_threads=max(0, args.cpu_threads),
         connect=args.connect,
         output_topic=args.output_topic, timeout=args.timeout, warmup=max(0, args.warmup),
+        startup_timeout=args.startup_timeout,
         overlays=max(0, args.overlays), progress=not args.no_progress)
 
 

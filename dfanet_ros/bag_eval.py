@@ -41,6 +41,7 @@ from .bag import (
     header_stamp_ns,
     normalize_topic,
 )
+from .dds import dds_environment
 from .report import overlay_image, percentiles
 
 log = logging.getLogger("dfanet.bag_eval")
@@ -512,21 +513,6 @@ def _snapshot(index: int, image: np.ndarray, encoding: str, label: np.ndarray, p
 # Online: the node over DDS
 
 
-def dds_environment(env: dict[str, str] | None = None) -> dict[str, str]:
-    """``env`` (default: this process's) with DDS kept on this machine and able to carry images.
-
-    Discovery stays on localhost unless the caller chose otherwise, and Fast DDS gets its
-    large-data transports (default transports drop best-effort images above ~0.5 MB between
-    processes) unless a transport profile is already configured.
-    """
-    env = dict(os.environ if env is None else env)
-    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    if not (env.get("FASTRTPS_DEFAULT_PROFILES_FILE") or env.get("FASTDDS_DEFAULT_PROFILES_FILE")):
-        env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
 def stop_process(proc: subprocess.Popen) -> int | None:
     """SIGINT (a clean lifecycle shutdown), then SIGTERM, then SIGKILL; the exit status."""
     for sig, wait in ((signal.SIGINT, 10.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
@@ -736,6 +722,24 @@ def _evaluate_online(opts: EvalOptions, reader: BagReader, plan: _Plan
     def on_info(msg: Any) -> None:
         node_info[header_stamp_ns(msg)] = (msg.total_ms, msg.inference_ms, msg.device)
 
+    frames = camera_frames(reader, plan.camera_topic)
+    # Warm up on the first frame that decodes: the node answers no other.  Frames before
+    # it are still sent in order below, and counted as bad, as the offline mode counts them.
+    bad: list[str] = []
+    leading: list[CameraFrame] = []
+    for frame in frames:
+        leading.append(frame)
+        try:
+            decode_camera(frame, camera_type)
+            break
+        except ValueError as e:  # conversions.BadImage included
+            bad.append(f"stamp {_stamp_str(frame.stamp)}: {e}")
+    else:
+        raise EvalError(f"no frame on {plan.camera_topic} can be segmented: all "
+                        f"{len(leading)} are bad (first: {bad[0] if bad else 'none'})")
+    first, good = leading[0], leading[-1]
+    known_bad = {f.stamp for f in leading[:-1]}
+
     tmp_dir = None
     if opts.out is not None:
         log_path = Path(opts.out) / "node.log"
@@ -769,13 +773,11 @@ def _evaluate_online(opts: EvalOptions, reader: BagReader, plan: _Plan
                     + (f" (node log {log_path}:\n{node.tail()})" if node is not None else ""))
             time.sleep(0.1)
         replayer.subscribe()
-        frames = camera_frames(reader, plan.camera_topic)
-        first = next(frames)
         taken = set(plan.stamps) | set(plan.ground_truth)
-        warm_stamps = [s for s in range(first.stamp - 1000, first.stamp) if s not in taken]
+        warm_stamps = [s for s in range(good.stamp - 1000, good.stamp) if s not in taken]
         for k in range(max(1, opts.warmup)):
             stamp = warm_stamps[-1 - k]
-            raw = _restamp(first, stamp)
+            raw = _restamp(good, stamp)
             while True:
                 replayer.publish(raw)
                 with cond:
@@ -793,9 +795,10 @@ def _evaluate_online(opts: EvalOptions, reader: BagReader, plan: _Plan
         else:
             pacing = "the recorded rate"
         sent: list[FrameRecord] = []
+        last_good: list[FrameRecord] = []
         t_start = time.perf_counter()
         with _progress(len(plan.stamps), opts.progress, "online") as bar:
-            for i, frame in enumerate(itertools.chain([first], frames)):
+            for i, frame in enumerate(itertools.chain(leading, frames)):
                 if not opts.as_fast_as_possible:
                     offset = (i / opts.rate if opts.rate
                               else (frame.bag_time - first.bag_time) / 1e9)
@@ -808,8 +811,21 @@ def _evaluate_online(opts: EvalOptions, reader: BagReader, plan: _Plan
                     record.sent = time.perf_counter()
                 replayer.publish(frame.raw)
                 sent.append(record)
+                # Checked after sending (the node works on it meanwhile): a frame the node
+                # refuses is never answered, so it is counted, not waited for.
+                image = None
+                if frame.stamp not in known_bad:
+                    try:
+                        image = decode_camera(frame, camera_type)
+                    except ValueError as e:  # conversions.BadImage included
+                        bad.append(f"stamp {_stamp_str(frame.stamp)}: {e}")
+                if image is None:
+                    check_node()
+                    bar.update()
+                    continue
+                last_good[:] = [record]
                 if frame.stamp in snapshot_stamps:
-                    snapshot_images[frame.stamp] = decode_camera(frame, camera_type)
+                    snapshot_images[frame.stamp] = image
                 if opts.as_fast_as_possible:
                     with cond:
                         cond.wait_for(lambda r=record: r.received is not None,
@@ -822,12 +838,14 @@ def _evaluate_online(opts: EvalOptions, reader: BagReader, plan: _Plan
             # The node answers in order: once the last frame is answered (or the time is up),
             # anything still unanswered was dropped.
             with cond:
-                cond.wait_for(lambda: sent[-1].received is not None, timeout=opts.timeout)
+                cond.wait_for(lambda: last_good[-1].received is not None, timeout=opts.timeout)
                 cond.wait_for(lambda: scoring[0] == 0, timeout=60.0)
         time.sleep(0.1)  # the info message follows its label
         # Stop spinning before reading what the callbacks wrote.
         stack.pop_all().close()
     warnings = list(plan.warnings)
+    if bad:
+        warnings.append(f"{len(bad)} camera frame(s) could not be segmented (first: {bad[0]})")
     if bad_answers:
         warnings.append(f"{len(bad_answers)} answer(s) could not be read as labels (first: "
                         f"{bad_answers[0]})")

@@ -19,9 +19,14 @@ from dfanet_ros.msg import ClassMap
 
 from .engine import ENCODING_CHANNELS
 
-# The faults a camera frame can have, as counted in diagnostics (``bad_<fault>``).
-FAULTS = ("encoding", "empty", "too_large", "step", "short_data", "odd_width", "decode")
+# The faults a camera frame can have, as counted in diagnostics (``bad_<fault>``); "engine" is
+# a frame the checks passed but the engine failed on (the node counts it and carries on).
+FAULTS = ("encoding", "empty", "too_large", "step", "short_data", "odd_width", "decode",
+          "engine")
 COMPRESSED_FORMATS = ("jpeg", "png")
+# The signatures that open each accepted format: data with any other start never reaches a
+# decoder, so no other format's parser sees bytes from the network.
+_SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
 
 
 class BadImage(ValueError):
@@ -76,10 +81,12 @@ def compressed_to_array(msg: CompressedImage, max_pixels: int = 1 << 30
                                    f"(supported: {', '.join(COMPRESSED_FORMATS)})")
     if len(msg.data) == 0:
         raise BadImage("empty", "compressed image without data")
+    data = bytes(msg.data[:8])
+    kind = next((name for sig, name in _SIGNATURES.items() if data.startswith(sig)), None)
+    if kind is None:
+        raise BadImage("decode", f"data is neither JPEG nor PNG (starts with {data[:4].hex()})")
     try:
-        with PILImage.open(io.BytesIO(msg.data)) as im:
-            if im.format not in ("JPEG", "PNG"):
-                raise BadImage("decode", f"data is {im.format}, not JPEG or PNG")
+        with PILImage.open(io.BytesIO(msg.data), formats=[kind]) as im:
             width, height = im.size
             if width * height > max_pixels:
                 raise BadImage("too_large", f"{width}x{height} is {width * height} pixels, "

@@ -11,6 +11,14 @@ output buffers (pinned host memory on CUDA), index tensors for the nearest upsam
 per-class pixel weights.  A frame of another size or encoding makes a new plan (logged); the
 last few plans are kept so cameras of different sizes do not re-plan on every frame.
 
+Memory follows the pixel count, whatever the aspect ratio: a plan holds at most 41
+bytes per input pixel (50 on CUDA, with the device and host copies), plus index vectors of one
+entry per row and column, plus model-size terms; the nearest upsampling goes through the
+smaller of its two possible intermediates (rows first or columns first), which is never
+larger than the input or the model size.  The plans kept between frames hold at most
+``plan_budget`` bytes together (``PLAN_BUDGET``); a frame whose plan alone is larger runs
+with a plan of its own that is freed as soon as its result is dropped.
+
 On CUDA the whole pipeline, upload and download included, is captured in a CUDA graph per
 plan and output set after a warm-up, so a frame costs one host copy, one graph replay and one
 synchronisation.  The CUDA-only code is ``_capture`` and the pinned/upload/download branches;
@@ -18,6 +26,7 @@ everything else runs, and is tested, on the CPU.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -52,6 +61,10 @@ _YUV_LAYOUT: dict[str, tuple[int, int]] = {
     "yuv422": (1, 0), "uyvy": (1, 0), "yuv422_yuy2": (0, 1), "yuyv": (0, 1),
 }
 MAX_PLANS = 4
+# Bytes that the plans kept between frames may hold together: MAX_PLANS 1920x1080 rgb8 plans
+# fit on the CPU (46 MiB each), three on CUDA (about 66 MiB each, host and device); a frame
+# needing more than the budget is planned for itself alone.
+PLAN_BUDGET = 256 * 2**20
 
 
 class DeviceError(ValueError):
@@ -116,11 +129,11 @@ class _Plan:
     dev_color: torch.Tensor        # (H, W, 3) uint8
     dev_overlay: torch.Tensor      # (H, W, 3) uint8
     dev_counts: torch.Tensor       # (num_classes,) float32 pixel counts
-    tmp_label: torch.Tensor | None  # (H, w) row-gathered intermediates
+    rows_first: bool               # upsample rows first: (H, w) is smaller than (h, W)
+    tmp_label: torch.Tensor | None  # (H, w) or (h, W) intermediates of the upsampling
     tmp_color: torch.Tensor | None
-    blend: torch.Tensor            # (H, W, 3) float32 overlay workspace
     yuv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # luma, u, v workspaces
-    alpha: torch.Tensor            # 0-dim float32 overlay weight (a graph input)
+    keep: torch.Tensor             # 0-dim float32, 1 - overlay alpha (a graph input)
     host_label: torch.Tensor
     host_color: torch.Tensor
     host_overlay: torch.Tensor
@@ -128,6 +141,22 @@ class _Plan:
     graphs: dict[frozenset[str], object] = field(default_factory=dict)
     graph_pool: object | None = None
     graph_failed: bool = False
+    kept: bool = True              # False: over the budget, planned for one frame only
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every buffer of the plan (each counted once; CUDA graph pools aside)."""
+        tensors = [v for f in dataclasses.fields(self)
+                   for v in _tensors(getattr(self, f.name))]
+        return sum({t.data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
+
+
+def _tensors(value: object) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, tuple):
+        return [v for v in value if isinstance(v, torch.Tensor)]
+    return []
 
 
 class SegmentationEngine:
@@ -135,12 +164,14 @@ class SegmentationEngine:
 
     def __init__(self, checkpoint: str | os.PathLike, device: str = "auto", fp16: bool = False,
                  model_size: tuple[int, int] | None = None,
-                 use_cuda_graph: bool = True, backend: str = "auto") -> None:
+                 use_cuda_graph: bool = True, backend: str = "auto",
+                 plan_budget: int = PLAN_BUDGET) -> None:
         """Load ``checkpoint`` onto ``device``.
 
         ``model_size``: the (height, width) the network runs at; None: the checkpoint card's
         training ``input_size``; (0, 0): each input's own size.  ``backend``: how the network
         runs (``dfanet_model.fast.BACKENDS``; auto: the fastest measured for the device).
+        ``plan_budget``: bytes the plans kept between frames may hold together.
         Raises ``CheckpointError`` for an unusable checkpoint and ``DeviceError`` for a device
         this machine lacks.
         """
@@ -171,6 +202,8 @@ class SegmentationEngine:
         self._palette = torch.tensor(self.card.class_colors, dtype=torch.uint8,
                                      device=self.device)
         self._plans: OrderedDict[tuple[int, int, str], _Plan] = OrderedDict()
+        self.plan_budget = int(plan_budget)
+        self._last_single: tuple[int, int, str] | None = None
         log.info("engine: DFANet %s, %d classes, device %s%s, %s backend, model size %s",
                  self.card.variant, self.card.num_classes, self.device,
                  " fp16" if fp16 else "", self.backend, self.model_size
@@ -197,7 +230,7 @@ class SegmentationEngine:
         height, width = image.shape[:2]
         plan, replanned = self._plan_for(height, width, encoding)
         np.copyto(plan.host_in.numpy(), image)
-        plan.alpha.fill_(alpha)
+        plan.keep.fill_(1.0 - alpha)
         copied = time.perf_counter()
         self._execute(plan, outputs)
         done = time.perf_counter()
@@ -227,22 +260,59 @@ class SegmentationEngine:
     # ------------------------------------------------------------------------------------
     # Plans
 
+    @property
+    def plan_bytes(self) -> int:
+        """Bytes held by the plans kept between frames (at most ``plan_budget``)."""
+        return sum(plan.nbytes for plan in self._plans.values())
+
     def _plan_for(self, height: int, width: int, encoding: str) -> tuple[_Plan, bool]:
         key = (height, width, encoding)
         plan = self._plans.get(key)
         if plan is not None:
             self._plans.move_to_end(key)
             return plan, False
-        if len(self._plans) >= MAX_PLANS:
-            evicted, _ = self._plans.popitem(last=False)
+        size = self.plan_nbytes(height, width, encoding)
+        kept = size <= self.plan_budget
+        # A plan for one frame only gets pageable host buffers: freed pinned memory would stay
+        # in torch's pinned-memory cache, resident.
+        plan = self._make_plan(height, width, encoding, pinned=kept)
+        if not kept:
+            plan.kept = False
+            if key != self._last_single:  # once per run of such frames, not at frame rate
+                log.info("engine: the plan for %dx%d %s needs %.0f MiB, above the %.0f MiB "
+                         "budget: planned for each such frame alone", height, width,
+                         encoding, size / 2**20, self.plan_budget / 2**20)
+            self._last_single = key
+            return plan, True
+        held = self.plan_bytes
+        while self._plans and (len(self._plans) >= MAX_PLANS or held + size > self.plan_budget):
+            evicted, old = self._plans.popitem(last=False)
+            held -= old.nbytes
             log.info("engine: dropping the plan for %dx%d %s", *evicted)
-        plan = self._make_plan(height, width, encoding)
         self._plans[key] = plan
-        log.info("engine: new plan for %dx%d %s input, network at %dx%d on %s",
-                 height, width, encoding, *plan.model_hw, self.device)
+        log.info("engine: new plan for %dx%d %s input (%.1f MiB), network at %dx%d on %s",
+                 height, width, encoding, size / 2**20, *plan.model_hw, self.device)
         return plan, True
 
-    def _make_plan(self, height: int, width: int, encoding: str) -> _Plan:
+    def plan_nbytes(self, height: int, width: int, encoding: str) -> int:
+        """Bytes the plan for such frames holds (``_Plan.nbytes``), known before allocating."""
+        cuda = self.device.type == "cuda"
+        mh, mw = (height, width) if self.model_size == (0, 0) else self.model_size
+        pixels, model_pixels = height * width, mh * mw
+        same = (mh, mw) == (height, width)
+        per_pixel = ENCODING_CHANNELS[encoding] * (2 if cuda else 1)  # host_in (+ dev_in)
+        per_pixel += 12 + 7 + (7 if cuda else 0)  # rgb; label, colour, overlay (+ host copies)
+        per_pixel += 12 if same else 0            # norm
+        per_pixel += 4 if encoding in _YUV_LAYOUT else 0  # luma
+        total = per_pixel * pixels + 4 * model_pixels + 4  # pixel weights, keep
+        if encoding in _YUV_LAYOUT:
+            total += 2 * 4 * height * (width // 2)          # u, v
+        if not same:
+            total += 8 * (height + width) + 4 * min(height * mw, mh * width)  # indices, tmp
+        return total + 4 * self.card.num_classes * (2 if cuda else 1)  # counts
+
+    def _make_plan(self, height: int, width: int, encoding: str, pinned: bool = True
+                   ) -> _Plan:
         dev, cuda = self.device, self.device.type == "cuda"
         model_hw = (height, width) if self.model_size == (0, 0) else self.model_size
         mh, mw = model_hw
@@ -251,12 +321,15 @@ class SegmentationEngine:
         f32 = dict(dtype=torch.float32, device=dev)
 
         def host(*shape: int, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
-            return torch.empty(shape, dtype=dtype, pin_memory=cuda)
+            return torch.empty(shape, dtype=dtype, pin_memory=cuda and pinned)
 
         host_in = host(height, width, channels)
         same = model_hw == (height, width)
         rows = None if same else _nearest_index(height, mh, dev)
         cols = None if same else _nearest_index(width, mw, dev)
+        # Upsample through the smaller intermediate: (H, w) rows first, (h, W) columns first.
+        rows_first = height * mw <= mh * width
+        tmp_hw = (height, mw) if rows_first else (mh, width)
         if same:
             pixel_weight = torch.ones(mh * mw, **f32)
         else:
@@ -280,10 +353,10 @@ class SegmentationEngine:
             rows=rows, cols=cols, pixel_weight=pixel_weight,
             dev_label=dev_label, dev_color=dev_color, dev_overlay=dev_overlay,
             dev_counts=dev_counts,
-            tmp_label=None if same else torch.empty(height, mw, **u8),
-            tmp_color=None if same else torch.empty(height, mw, 3, **u8),
-            blend=torch.empty(height, width, 3, **f32), yuv=yuv,
-            alpha=torch.zeros((), **f32),
+            rows_first=rows_first,
+            tmp_label=None if same else torch.empty(*tmp_hw, **u8),
+            tmp_color=None if same else torch.empty(*tmp_hw, 3, **u8),
+            yuv=yuv, keep=torch.zeros((), **f32),
             host_label=host(height, width) if cuda else dev_label,
             host_color=host(height, width, 3) if cuda else dev_color,
             host_overlay=host(height, width, 3) if cuda else dev_overlay,
@@ -299,7 +372,7 @@ class SegmentationEngine:
                 self._pipeline(plan, outputs)
             return
         graph = plan.graphs.get(outputs)
-        if graph is None and self.use_cuda_graph and not plan.graph_failed:
+        if graph is None and self.use_cuda_graph and plan.kept and not plan.graph_failed:
             graph = self._capture(plan, outputs)
         if graph is not None:
             graph.replay()  # type: ignore[attr-defined]
@@ -331,9 +404,10 @@ class SegmentationEngine:
             colors = self._palette.index_select(0, flat).view(*plan.model_hw, 3)
             _upsample(colors, plan, plan.dev_color, plan.tmp_color)
         if "overlay" in outputs:
-            plan.blend.copy_(plan.dev_color)
-            torch.lerp(plan.rgb, plan.blend, plan.alpha, out=plan.blend)
-            plan.dev_overlay.copy_(plan.blend.round_())
+            # color + (1 - alpha) * (rgb - color), in place in the RGB buffer (done with it):
+            # no third full-size float buffer.
+            blend = plan.rgb.sub_(plan.dev_color).mul_(plan.keep).add_(plan.dev_color)
+            plan.dev_overlay.copy_(blend.round_())
         if upload:
             plan.host_counts.copy_(plan.dev_counts, non_blocking=True)
             for name in outputs:
@@ -430,9 +504,12 @@ def _upsample(src: torch.Tensor, plan: _Plan, out: torch.Tensor, tmp: torch.Tens
     """Nearest resize of an (h, w[, C]) model-size map into ``out`` at the input size."""
     if plan.rows is None:
         out.copy_(src)
-        return
-    torch.index_select(src, 0, plan.rows, out=tmp)
-    torch.index_select(tmp, 1, plan.cols, out=out)
+    elif plan.rows_first:
+        torch.index_select(src, 0, plan.rows, out=tmp)
+        torch.index_select(tmp, 1, plan.cols, out=out)
+    else:
+        torch.index_select(src, 1, plan.cols, out=tmp)
+        torch.index_select(tmp, 0, plan.rows, out=out)
 
 
 def _to_rgb(src: torch.Tensor, encoding: str, out: torch.Tensor,

@@ -60,6 +60,11 @@ class CameraStats:
         self.dropped = 0         # overwritten by a newer frame before the worker took them
         self.lost = 0            # lost by the middleware before delivery (message_lost events)
         self.unwatched = 0       # skipped: nobody subscribed to any output
+        # Published but never delivered, from the publishers' sequence numbers: replaced in the
+        # depth-1 DDS queue before the executor took them, or lost on the way (those are in
+        # ``lost`` as well, when the middleware reports them).
+        self.unseen = 0
+        self._last_sequence: dict[bytes, int] = {}  # per publisher (GID)
         self.bad: Counter[str] = Counter()        # bad frames by fault
         self.published: Counter[str] = Counter()  # messages sent per output
         self._latency: deque[float] = deque(maxlen=window)
@@ -70,6 +75,17 @@ class CameraStats:
         """Add ``n`` to the counter ``what`` (received, dropped, lost or unwatched)."""
         with self._lock:
             setattr(self, what, getattr(self, what) + n)
+
+    def count_sequence(self, publisher: bytes, sequence: int | None) -> None:
+        """Note a delivered frame's publication sequence number; count the ones skipped."""
+        if sequence is None:  # a middleware that does not report them
+            return
+        with self._lock:
+            last = self._last_sequence.get(publisher)
+            if last is not None and sequence > last:
+                self.unseen += sequence - last - 1
+            # A smaller number: the publisher restarted (or reordering): count from here.
+            self._last_sequence[publisher] = sequence
 
     def count_bad(self, fault: str) -> int:
         """Count one bad frame; returns how many frames had this fault so far."""
@@ -101,7 +117,8 @@ class CameraStats:
             snap: dict[str, Any] = {
                 "frames_received": self.received, "frames_processed": self.processed,
                 "frames_dropped_newer": self.dropped, "frames_lost_dds": self.lost,
-                "frames_unwatched": self.unwatched, "frames_bad": bad_total,
+                "frames_unwatched": self.unwatched, "frames_unseen": self.unseen,
+                "frames_bad": bad_total,
                 "frames_bad_since_last_report": new_bad,
             }
             snap.update({f"bad_{fault}": n for fault, n in sorted(self.bad.items())})

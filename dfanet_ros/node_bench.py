@@ -40,23 +40,11 @@ from typing import Any
 import numpy as np
 
 from .bag import header_stamp_ns
-from .bag_eval import NodeProcess, dds_environment, spin_in_background
+from .bag_eval import NodeProcess, spin_in_background
+from .dds import dds_environment
 from .report import percentiles
 
 DEFAULT_DOMAIN_ID = 231  # apart from the test suites' ranges
-
-
-def large_image_profile() -> Path | None:
-    """config/fastdds_large_images.xml from the source tree or the installed share folder."""
-    local = Path(__file__).resolve().parents[1] / "config" / "fastdds_large_images.xml"
-    if local.is_file():
-        return local
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        installed = Path(get_package_share_directory("dfanet_ros")) / "config" / local.name
-    except Exception:  # not installed as a ROS package
-        return None
-    return installed if installed.is_file() else None
 
 
 def camera_topic(index: int) -> str:
@@ -366,18 +354,14 @@ def format_table(results: list[NodeBenchResult]) -> str:
 
 
 def _configure_dds(domain_id: int) -> None:
-    """This process's environment (inherited by the node and the camera): the domain, DDS on
-    this machine, and a transport able to carry large images."""
+    """This process's environment (inherited by the node and the camera): the domain, and DDS
+    on loopback with a transport able to carry large images (``dds.dds_environment``).
+    Measured here: with FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA 480x640 rgb8 frames and larger
+    never arrived between processes in a loopback-only namespace; the package's shared-memory
+    profile carries 1024x2048."""
     import os
 
     os.environ["ROS_DOMAIN_ID"] = str(domain_id)
-    profile = large_image_profile()
-    if profile is not None and not (os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE")
-                                    or os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE")):
-        # Measured here: with FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA (dds_environment's
-        # fallback) 480x640 rgb8 frames and larger never arrived between processes in a
-        # loopback-only namespace; the package's shared-memory profile carries 1024x2048.
-        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
     os.environ.update(dds_environment())  # read by the DDS participants created below
 
 

@@ -258,14 +258,23 @@ class SegmentationNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _teardown(self) -> None:
-        """Undo activate: subscriptions, workers, publishers, timer; free engine buffers."""
+        """Undo activate: subscriptions, workers, publishers, timer; free engine buffers.
+
+        Waits for at most the one frame the engine is running (every worker checks its closed
+        slot before it starts another), so the lifecycle services are never held longer.
+        """
         for camera in self._cameras:
             if camera.subscription is not None:
                 self.destroy_subscription(camera.subscription)
             camera.slot.close()
+        with self._engine_lock:  # the frame in flight, if any, ends here
+            if self.engine is not None:
+                self.engine.release()
         for camera in self._cameras:
             if camera.worker is not None and camera.worker.is_alive():
-                camera.worker.join(timeout=10.0)
+                # It is publishing its last outputs or decoding a frame it will not run; a
+                # publisher destroyed under it only makes that publish fail, quietly.
+                camera.worker.join(timeout=1.0)
             for pub in camera.publishers.values():
                 self.destroy_publisher(pub)
         self._cameras = []
@@ -275,9 +284,6 @@ class SegmentationNode(LifecycleNode):
             if pub is not None:
                 self.destroy_publisher(pub)
         self._diag_timer = self._diag_pub = self._class_map_pub = None
-        with self._engine_lock:
-            if self.engine is not None:
-                self.engine.release()
 
     def _forget_engine(self) -> None:
         with self._engine_lock:
@@ -342,7 +348,8 @@ class SegmentationNode(LifecycleNode):
             camera.stats.count("lost", int(info.total_count_change))
 
         msg_type = CompressedImage if camera.compressed else Image
-        callback = (lambda msg: self._on_frame(camera, msg))  # noqa: E731
+        # Two parameters: rclpy passes the message info (publisher GID, sequence number) too.
+        callback = (lambda msg, info: self._on_frame(camera, msg, info))  # noqa: E731
         try:
             return self.create_subscription(
                 msg_type, camera.topic, callback, qos,
@@ -350,10 +357,14 @@ class SegmentationNode(LifecycleNode):
         except UnsupportedEventTypeError:  # middleware without message-lost events
             return self.create_subscription(msg_type, camera.topic, callback, qos)
 
-    def _on_frame(self, camera: _Camera, msg: Any) -> None:
+    def _on_frame(self, camera: _Camera, msg: Any, info: dict[str, Any] | None = None) -> None:
         """Executor thread: check the fields, hand the newest frame to the worker."""
         received = time.perf_counter()
         camera.stats.count("received")
+        if info is not None:
+            gid = info.get("publisher_gid") or {}
+            camera.stats.count_sequence(bytes(gid.get("data", b"")),
+                                        info.get("publication_sequence_number"))
         if not camera.compressed:
             try:
                 check_image(msg, self._config["max_image_pixels"])
@@ -395,7 +406,9 @@ class SegmentationNode(LifecycleNode):
             return
         decoded = time.perf_counter()
         with self._engine_lock:
-            if self.engine is None:
+            # Deactivate closes the slot, then waits for this lock: a frame taken before that
+            # but not started yet is not run, so deactivate waits for one frame's work at most.
+            if self.engine is None or camera.slot.closed:
                 return
             result = self.engine.run(pixels, encoding, wanted, switches["overlay_alpha"])
             inferred = time.perf_counter()

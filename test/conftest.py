@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from dfanet_ros.dds import dds_environment
+
 REPO = Path(__file__).resolve().parents[1]
 
 # rclpy logs to ~/.ros/log by default, and DDS discovery multicasts beyond the machine: keep
 # both local for every test, including those that start processes (they inherit os.environ).
 _LOG_DIR = tempfile.TemporaryDirectory(prefix="dfanet-test-roslog-")
 os.environ["ROS_LOG_DIR"] = _LOG_DIR.name
-os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+# Every participant binds loopback only, by its transports (dfanet_ros.dds).
+os.environ.update(dds_environment())
 
 
 def find_camvid() -> Path | None:

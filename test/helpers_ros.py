@@ -22,6 +22,7 @@ from dfanet_model.checkpoint import ModelCard, save_model
 from dfanet_model.classes import CAMVID
 from dfanet_model.network import build_dfanet
 from dfanet_ros.bag_eval import stop_process
+from dfanet_ros.dds import dds_environment
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_INPUT = (120, 160)  # network size of the test checkpoints: fast on two CPU cores
@@ -96,8 +97,8 @@ def _param_text(value: Any) -> str:
 
 def ros_env(domain: int, **extra: str) -> dict[str, str]:
     # PYTHONFAULTHANDLER: a process stopped with SIGABRT prints every thread's stack.
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
+    env = dds_environment(dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED="1",
+                               PYTHONFAULTHANDLER="1"))
     env.update(extra)
     return env
 
@@ -323,3 +324,41 @@ def diagnostics_values(msg: Any, topic: str) -> dict[str, str] | None:
         if values.get("topic") == topic:
             return values
     return None
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (read from /proc)."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children[ppid].append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
+def bound_udp_while_running(proc: subprocess.Popen, timeout: float, period: float = 0.2
+                            ) -> set[tuple[int, str, int]]:
+    """Every (pid, address, port) a UDP socket of ``proc`` or its descendants was bound to,
+    sampled until ``proc`` exits (or ``timeout``)."""
+    from dfanet_ros.dds import bound_udp_addresses
+
+    seen: set[tuple[int, str, int]] = set()
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        for pid in process_tree(proc.pid):
+            try:
+                seen.update((pid, a, p) for a, p in bound_udp_addresses(pid))
+            except OSError:  # the process ended meanwhile
+                pass
+        time.sleep(period)
+    return seen
+

@@ -155,6 +155,30 @@ def test_unreadable_bags_raise_bag_error(tmp_path):
         BagReader(broken)
 
 
+def test_a_corrupted_mcap_bag_is_reported_as_corrupted(tmp_path, sample_camvid):
+    """5000 random bytes written into the middle of a bag were once read silently (the mIoU
+    moved a little); the chunk CRCs our bags now carry catch them, in every tool."""
+    made = make_bag(tmp_path / "bag", sample_camvid, limit=3, start_ns=T0)
+    storage = next(made.path.glob("*.mcap"))
+    with BagReader(made.path) as reader:  # chunks, data section and summary
+        assert reader.crcs_checked >= 3
+    data = bytearray(storage.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 5000] = np.random.default_rng(5).bytes(5000)
+    storage.write_bytes(bytes(data))
+    with pytest.raises(BagError, match=r"^bag .*bag: corrupted: bag\.mcap: the chunk at byte "
+                                       r"\d+ fails its CRC \(stored 0x[0-9a-f]{8}, computed"):
+        BagReader(made.path)
+    proc = subprocess.run([sys.executable, "-m", "dfanet_model.cli", "bag", "eval",
+                           str(made.path), "--mode", "offline", "--no-progress"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "corrupted: bag.mcap: the chunk at byte" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    storage.write_bytes(bytes(data[:-5000]))  # cut short, as a full disk or a kill leaves it
+    with pytest.raises(BagError, match="corrupted: bag.mcap: no magic at the end"):
+        BagReader(made.path)
+
+
 def test_writer_refuses_an_existing_path_and_leaves_no_half_bag(tmp_path):
     (tmp_path / "taken").mkdir()
     with pytest.raises(BagError, match="exists already"):

@@ -209,3 +209,43 @@ def test_online_equals_offline_on_a_bag_replayed_without_drops(tmp_path, checkpo
     assert online["node_latency_ms"]["inference"]["p50"] > 0
     assert [name for name, _ in snapshots] == ["frame00000.png", "frame00003.png"]
     assert snapshots[0][1].shape == (360, 960, 3)  # prediction beside ground truth
+
+
+def test_online_warms_up_on_the_first_frame_that_decodes(tmp_path, checkpoint, sample_camvid,
+                                                         monkeypatch):
+    """A first frame the node cannot decode once made the online mode resend it for the whole
+    start-up timeout and then blame the node; now it is counted as the offline mode counts it."""
+    import time
+
+    from dfanet_ros.bag import COMPRESSED_IMAGE, compressed_message
+    from dfanet_ros.bag_eval import EvalError
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(ROS_DOMAIN + 1))
+    topic = "/camera/image_raw/compressed"
+    jpegs = [p.read_bytes() for p in sorted((sample_camvid / "test").glob("*.jpg"))[:2]]
+    bags = {}
+    for name, payloads in (("first_bad", [b"\xff\xd8\xff\xe0 not a jpeg", *jpegs]),
+                           ("all_bad", [b"GIF89a", b"\x00" * 40])):
+        bags[name] = tmp_path / name
+        with BagWriter(bags[name]) as w:
+            w.add_topic(topic, COMPRESSED_IMAGE)
+            for i, data in enumerate(payloads):
+                stamp = T0 + i * PERIOD
+                w.write(topic, compressed_message(data, "jpeg", stamp, "camera"), stamp)
+    common = dict(checkpoint=checkpoint, camera_topic=topic, label_topic=None, progress=False,
+                  overlays=0, timeout=60.0, startup_timeout=90.0, as_fast_as_possible=True)
+    offline, _ = evaluate(EvalOptions(bag=bags["first_bad"], mode="offline", **common))
+    start = time.monotonic()
+    online, _ = evaluate(EvalOptions(bag=bags["first_bad"], mode="online", **common))
+    assert time.monotonic() - start < 60.0
+    for result in (offline, online):
+        f = result["frames"]
+        assert (f["sent"], f["answered"], f["dropped"]) == (3, 2, 1), result["mode"]
+        assert any("1 camera frame(s) could not be segmented (first: stamp "
+                   "1700000000.000000000: decode: corrupt jpeg" in w
+                   for w in result["warnings"]), result["warnings"]
+    start = time.monotonic()
+    with pytest.raises(EvalError, match=f"no frame on {topic} can be segmented: all 2 are bad "
+                                        r"\(first: stamp 1700000000\.000000000: decode"):
+        evaluate(EvalOptions(bag=bags["all_bad"], mode="online", **common))
+    assert time.monotonic() - start < 60.0

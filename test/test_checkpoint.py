@@ -102,7 +102,7 @@ def test_truncated_training_state(tmp_path, model):
     path = tmp_path / "last.pt"
     save_training_state(path, {"model": model.state_dict()}, camvid_card())
     path.write_bytes(path.read_bytes()[:5000])
-    with pytest.raises(CheckpointError, match=r"last\.pt: corrupt, truncated or unsafe"):
+    with pytest.raises(CheckpointError, match=r"last\.pt: corrupt or truncated torch file"):
         read_checkpoint(path)
 
 
@@ -129,7 +129,7 @@ def test_pickled_code_is_not_executed(tmp_path):
 
     path = tmp_path / "evil.pt"
     torch.save({"model": Evil(), "card": "{}"}, path)
-    with pytest.raises(CheckpointError, match="unsafe"):
+    with pytest.raises(CheckpointError, match="refused: the file holds pickled code"):
         read_checkpoint(path)
     assert not (tmp_path / "pwned").exists()
 
@@ -158,5 +158,59 @@ def test_invalid_metadata(tmp_path, model):
     meta = json.loads(camvid_card().to_json())
     meta["class_names"] = ["only one"]
     save_file(load_file(str(path)), str(path), metadata={"dfanet": json.dumps(meta)})
-    with pytest.raises(CheckpointError, match="invalid metadata: 1 class names for 11 classes"):
+    with pytest.raises(CheckpointError,
+                       match=r"m\.safetensors: class_names: 1 names for 11 classes$"):
         read_checkpoint(path)
+
+
+def _limit_file_size(limit: int):
+    """For a child process: files may not grow beyond ``limit`` bytes (the kernel then fails
+    the write with EFBIG, as a full disk fails it with ENOSPC)."""
+    import resource
+    import signal
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_failed_write_is_one_line_and_leaves_the_old_file(tmp_path, model):
+    """The real command, its write failing half-way in the kernel: one line naming the file
+    and the error, exit 1, the previous file intact, no temporary left behind."""
+    import subprocess
+    import sys
+
+    src, dst = tmp_path / "last.pt", tmp_path / "model.safetensors"
+    save_training_state(src, {"model": model.state_dict()}, camvid_card())
+    save_model(dst, build_dfanet("B", 11), camvid_card(metrics={"test": {"miou": 0.1}}))
+    before = dst.read_bytes()
+    stale = tmp_path / f".{dst.name}.k1ll3d.tmp"  # what a kill -9 during a save leaves
+    stale.write_bytes(b"half a checkpoint")
+    proc = subprocess.run([sys.executable, "-m", "dfanet_model.cli", "checkpoint", "slim",
+                           str(src), str(dst)], capture_output=True, text=True, timeout=120,
+                          preexec_fn=_limit_file_size(len(before) // 2))
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == f"dfanet checkpoint: cannot write {dst}: file too large\n"
+    assert dst.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "model.safetensors"]
+
+
+def test_next_save_removes_temporaries_a_kill_left(tmp_path, model):
+    path = tmp_path / "last.pt"
+    left = [tmp_path / ".last.pt.a1b2c3.tmp", tmp_path / ".last.pt.x9y8z7.tmp"]
+    for p in left:
+        p.write_bytes(b"\0" * 100)
+    other = tmp_path / ".best.pt.q1w2e3.tmp"  # another file's: not ours to remove
+    other.write_bytes(b"")
+    save_training_state(path, {"model": model.state_dict()}, camvid_card())
+    assert not any(p.exists() for p in left) and other.exists()
+    assert read_checkpoint(path).card == camvid_card()
+
+
+def test_write_errors_carry_the_errno_text(tmp_path, model):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(CheckpointError, match=r"^cannot write .*file/m\.safetensors: file "
+                                              r"exists$"):
+        save_model(blocker / "m.safetensors", model, camvid_card())

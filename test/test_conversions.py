@@ -105,12 +105,61 @@ def _gif() -> bytes:
     ("jpeg", b"\xff\xd8\xff\xe0 not really a jpeg", "decode", "corrupt jpeg data"),
     ("png", b"", "empty", "without data"),
     ("tiff", b"II*\x00", "encoding", "unsupported compressed format 'tiff'"),
-    ("png", _gif(), "decode", "data is GIF, not JPEG or PNG"),
+    ("png", _gif(), "decode", "data is neither JPEG nor PNG (starts with 47494638)"),
+    ("jpeg", b"II*\x00" + bytes(100), "decode", "data is neither JPEG nor PNG"),
 ])
 def test_compressed_faults(fmt, data, fault, text):
     with pytest.raises(BadImage) as info:
         compressed_to_array(CompressedImage(format=fmt, data=data))
     assert info.value.fault == fault and text in str(info.value)
+
+
+def test_no_parser_but_jpeg_and_png_sees_network_data():
+    """Pillow would try every format it knows (TIFF, PSD, ICO, ...) on unrecognised bytes;
+    only the JPEG and PNG decoders may see a camera's data.  A fresh interpreter shows which
+    of Pillow's format plugins ran."""
+    import subprocess
+    import sys
+
+    script = """
+import io, sys
+import numpy as np
+from PIL import Image as PILImage
+from sensor_msgs.msg import CompressedImage
+from dfanet_ros.conversions import BadImage, compressed_to_array
+# Headers of TIFF, Photoshop and ICO data (written by hand: saving with Pillow would load
+# every plugin).
+for head in (b"II*\\x00\\x08", b"8BPS", b"\\x00\\x00\\x01\\x00"):
+    data = head + bytes(60)
+    try:
+        compressed_to_array(CompressedImage(format="png", data=data))
+    except BadImage as e:
+        assert e.fault == "decode", e
+png = io.BytesIO()
+PILImage.new("RGB", (4, 4)).save(png, format="PNG")
+pixels, _ = compressed_to_array(CompressedImage(format="png", data=png.getvalue()))
+assert pixels.shape == (4, 4, 3)
+print(sorted(m for m in sys.modules if m.startswith("PIL.") and m.endswith("ImagePlugin")))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    plugins = set(eval(out))  # noqa: S307 - our own printed list
+    # Pillow's pre-initialisation imports these five; none of the other ~40 may load.
+    assert plugins <= {"PIL.JpegImagePlugin", "PIL.PngImagePlugin", "PIL.BmpImagePlugin",
+                       "PIL.GifImagePlugin", "PIL.PpmImagePlugin"}, plugins
+
+
+def test_readme_lists_every_fault():
+    import re
+    from pathlib import Path
+
+    from dfanet_ros.conversions import FAULTS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    listed = re.search(r"Faults: (.*?)\.\n(?!  )", readme, re.S)
+    assert listed, "README has no 'Faults:' list"
+    names = re.findall(r"(?:^|, )([a-z_]+)", re.sub(r"\s*\([^)]*\)", "", listed.group(1)))
+    assert names == list(FAULTS)
 
 
 def test_truncated_jpeg_and_too_large():

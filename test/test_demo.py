@@ -18,25 +18,63 @@ REPO = Path(__file__).resolve().parents[1]
 ROS_DOMAIN = 141  # this module's own DDS domain
 
 
+def _user_env() -> dict[str, str]:
+    """The environment of a user without a DDS profile, as before the test suite set one; the
+    venv running these tests is the one the script sets up and uses."""
+    env = dict(os.environ, ROS_DOMAIN_ID=str(ROS_DOMAIN), DFANET_VENV=sys.prefix,
+               ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    for name in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"):
+        env.pop(name, None)
+    return env
+
+
 def _run_demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    # The venv running these tests is the one the script sets up and uses.
-    env = dict(os.environ, ROS_DOMAIN_ID=str(ROS_DOMAIN), DFANET_VENV=sys.prefix)
     return subprocess.run([str(REPO / "scripts" / "demo.sh"), "--out", str(tmp_path / "out"),
                            "--no-progress", *args], capture_output=True, text=True,
-                          timeout=240, env=env, cwd=tmp_path)
+                          timeout=240, env=_user_env(), cwd=tmp_path)
+
+
+def test_dfanet_demo_run_directly_binds_loopback_only(tmp_path):
+    """``dfanet demo`` outside scripts/confined.sh: its own participant and the node it starts
+    bind UDP on loopback only, by their transports, even with the user's LOCALHOST range (which
+    alone left four sockets on 0.0.0.0)."""
+    from helpers_ros import bound_udp_while_running
+
+    from dfanet_ros.dds import is_loopback
+
+    args = ["--checkpoint", str(_random_checkpoint(tmp_path))]
+    proc = subprocess.Popen([sys.executable, "-m", "dfanet_model.cli", "demo", "--out",
+                             str(tmp_path / "out"), "--no-progress", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_user_env(), cwd=tmp_path)
+    try:
+        seen = bound_udp_while_running(proc, timeout=200)
+        output = proc.communicate(timeout=30)[0]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, output
+    pids = {pid for pid, _, _ in seen}
+    assert len(pids) >= 2, f"expected the demo and its node to hold sockets: {seen}"
+    outside = sorted((pid, a, p) for pid, a, p in seen if not is_loopback(a))
+    assert not outside, f"UDP sockets bound beyond loopback: {outside}"
+
+
+def _random_checkpoint(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    ckpt = tmp_path / "random_b.safetensors"
+    save_model(ckpt, build_dfanet("B", CAMVID.num_classes), ModelCard(
+        variant="B", num_classes=CAMVID.num_classes, class_names=list(CAMVID.names),
+        class_colors=[list(c) for c in CAMVID.colors], ignore_index=CAMVID.ignore_index,
+        dataset="camvid", input_size=[120, 160]))
+    return ckpt
 
 
 def test_demo_replays_the_sample_drive_through_the_node(tmp_path):
     args: list[str] = []
     if not DEFAULT_CHECKPOINT.is_file():
         # Until the trained model ships, the same path with random DFANet-B weights.
-        torch.manual_seed(0)
-        ckpt = tmp_path / "random_b.safetensors"
-        save_model(ckpt, build_dfanet("B", CAMVID.num_classes), ModelCard(
-            variant="B", num_classes=CAMVID.num_classes, class_names=list(CAMVID.names),
-            class_colors=[list(c) for c in CAMVID.colors], ignore_index=CAMVID.ignore_index,
-            dataset="camvid", input_size=[120, 160]))
-        args = ["--checkpoint", str(ckpt)]
+        args = ["--checkpoint", str(_random_checkpoint(tmp_path))]
     result = _run_demo(tmp_path, *args)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "8 CamVid test frames" in result.stdout

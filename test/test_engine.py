@@ -9,10 +9,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers_ros import SMALL_INPUT, make_checkpoint, read_rgb, torch_threads
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dfanet_model.checkpoint import CheckpointError, load_model
 from dfanet_model.classes import CAMVID
-from dfanet_ros.engine import DeviceError, SegmentationEngine, resolve_device
+from dfanet_ros.engine import (
+    ENCODING_CHANNELS,
+    MAX_PLANS,
+    PLAN_BUDGET,
+    DeviceError,
+    SegmentationEngine,
+    resolve_device,
+)
 
 PALETTE = np.asarray(CAMVID.colors, np.uint8)
 YUV = ("yuv422", "uyvy", "yuv422_yuy2", "yuyv")
@@ -173,6 +182,70 @@ def test_a_new_size_plans_once_and_logs(engine, frame, caplog):
     assert len(plan_logs) == 2 and "60x80 rgb8" in plan_logs[1].getMessage()
     engine.release()
     assert engine.run(small).replanned  # buffers freed: the next frame plans again
+
+
+def plan_bound(height: int, width: int, model_hw: tuple[int, int]) -> int:
+    """What the engine promises a plan costs on the CPU: 41 bytes per input pixel, 16 per row
+    and column (index vectors), and terms of the model's size only, whatever the aspect."""
+    pixels, model_pixels = height * width, model_hw[0] * model_hw[1]
+    return 41 * pixels + 16 * (height + width) + 8 * max(pixels, model_pixels) + 4096
+
+
+@settings(max_examples=40, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(long_side=st.integers(20_000, 400_000), short_side=st.integers(1, 4),
+       tall=st.booleans(), encoding=st.sampled_from(["mono8", "rgb8", "bgra8", "yuyv"]),
+       outputs=st.sampled_from([frozenset({"label"}), frozenset({"overlay"}),
+                                frozenset({"label", "color", "overlay"})]))
+def test_memory_follows_pixels_whatever_the_aspect_ratio(engine, long_side, short_side, tall,
+                                                         encoding, outputs):
+    """1,000,000x16 frames once made buffers of height x model width (x3): gigabytes."""
+    height, width = (long_side, short_side) if tall else (short_side, long_side)
+    if encoding == "yuyv":  # 4:2:2 needs an even width
+        width += width % 2
+    rng = np.random.default_rng(long_side)
+    image = rng.integers(0, 256, (height, width, ENCODING_CHANNELS[encoding]), np.uint8)
+    result = engine.run(image, encoding, outputs)
+    plan = engine._plans[(height, width, encoding)]
+    assert plan.nbytes <= plan_bound(height, width, engine.model_size), (height, width)
+    assert plan.nbytes == engine.plan_nbytes(height, width, encoding)  # known beforehand
+    for name in outputs:
+        assert getattr(result, name).shape[:2] == (height, width)
+    if "label" in outputs:  # nearest upsampling of the model's labels, either order
+        small = engine.run(image, encoding, frozenset({"label"})).label
+        rows = F.interpolate(torch.arange(SMALL_INPUT[0], dtype=torch.float32)[None, None],
+                             size=height, mode="nearest").long()[0, 0].numpy()
+        cols = F.interpolate(torch.arange(SMALL_INPUT[1], dtype=torch.float32)[None, None],
+                             size=width, mode="nearest").long()[0, 0].numpy()
+        # Every output pixel copies the model pixel (rows[y], cols[x]): equal rows/cols agree.
+        first_row = np.searchsorted(rows, rows)
+        first_col = np.searchsorted(cols, cols)
+        assert np.array_equal(small, small[first_row][:, first_col])
+    engine.release()
+
+
+def test_plans_kept_between_frames_stay_within_the_budget(checkpoint, frame, caplog):
+    budget = 6 * 2**20
+    engine = SegmentationEngine(checkpoint, device="cpu", backend="eager", plan_budget=budget)
+    engine.run(frame)  # 360x480 rgb8: about 4 MB, kept
+    assert engine._plans and engine.plan_bytes <= budget
+    big = np.zeros((3000, 480, 3), np.uint8)  # 1.44 M pixels: about 37 MB, above the budget
+    with caplog.at_level(logging.INFO, logger="dfanet.engine"):
+        results = [engine.run(big, outputs=frozenset({"label"})) for _ in range(3)]
+    assert all(r.replanned for r in results)  # planned for each such frame alone ...
+    assert [k[:2] for k in engine._plans] == [(360, 480)]  # ... and never kept
+    assert sum("above the 6 MiB budget" in r.getMessage() for r in caplog.records) == 1
+    assert not engine.run(frame).replanned  # the camera's own plan survived
+    for h in range(200, 360, 20):  # many sizes: the oldest plans go first
+        engine.run(np.ascontiguousarray(frame[:h]))
+        assert engine.plan_bytes <= budget and len(engine._plans) <= MAX_PLANS
+    for h, w, encoding in ((360, 480, "rgb8"), (361, 481, "mono8"), (120, 160, "yuyv"),
+                           (7, 9000, "bgra8")):
+        engine.run(np.zeros((h, w, ENCODING_CHANNELS[encoding]), np.uint8), encoding)
+        plan = engine._plans.get((h, w, encoding))
+        assert plan is not None and plan.nbytes == engine.plan_nbytes(h, w, encoding)
+    default = SegmentationEngine(checkpoint, device="cpu", backend="eager")
+    assert default.plan_budget == PLAN_BUDGET == 256 * 2**20
 
 
 @pytest.mark.parametrize("image, encoding, message", [

@@ -48,3 +48,15 @@ def test_camera_stats_snapshot():
     assert abs(snap["latency_p50_ms"] - 50.5) < 1e-9 and snap["latency_p99_ms"] > 98
     assert stats.frames_lost_total == 3
     assert stats.snapshot()["frames_bad_since_last_report"] == 0
+
+
+def test_sequence_numbers_count_frames_never_delivered():
+    stats = CameraStats()
+    for seq in (1, 2, 5, 6, 10):  # 3, 4, 7, 8 and 9 replaced in DDS or lost
+        stats.count_sequence(b"camera-a", seq)
+    stats.count_sequence(b"camera-b", 40)  # a second publisher: its own numbering
+    stats.count_sequence(b"camera-b", 41)
+    stats.count_sequence(b"camera-a", 1)   # camera-a restarted: no gap, no negative count
+    stats.count_sequence(b"camera-a", 3)
+    stats.count_sequence(b"camera-a", None)  # a middleware without sequence numbers
+    assert stats.snapshot()["frames_unseen"] == 5 + 1

@@ -25,7 +25,7 @@ from helpers_ros import (
     torch_threads,
     wait_for,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -411,25 +411,35 @@ def test_fuzzed_frames_never_stop_the_node_and_are_all_counted(client, node, fra
     pub = exchange.publishers[FUZZ]
     before = latest(diagnostics, FUZZ, node, time.monotonic())
     faults: list[str | None] = []
+    shapes: list[tuple[str | None, int, int]] = []
 
     @settings(max_examples=60, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
+    # Valid frames of extreme aspect ratio, always among the examples.
+    @example(encoding="mono8", width=4, height=65_000, step_delta=0, size_delta=0)
+    @example(encoding="rgb8", width=70_000, height=1, step_delta=5, size_delta=3)
+    @example(encoding="yuyv", width=2, height=66_000, step_delta=0, size_delta=0)
     @given(encoding=st.sampled_from(FUZZ_ENCODINGS), width=dims, height=dims,
            step_delta=st.integers(-4, 6), size_delta=st.integers(-5, 5))
     def send(encoding, width, height, step_delta, size_delta):
         channels = ENCODING_CHANNELS.get(encoding, 3)
         step = min(max(0, width * channels + step_delta), (1 << 32) - 1)
-        size = max(0, min(step * height + size_delta, 20_000))
+        # Up to 300 KB: enough for valid frames of extreme aspect (65,000 x 4 mono8, 1 x 70,000
+        # rgb8) to reach the engine.
+        size = max(0, min(step * height + size_delta, 300_000))
         msg = Image(encoding=encoding, width=min(width, (1 << 32) - 1),
                     height=min(height, (1 << 32) - 1), step=step,
                     data=bytes(np.random.default_rng(size).integers(0, 256, size, np.uint8)))
         msg.header.stamp.sec, msg.header.stamp.nanosec = next_stamp()
         pub.publish(msg)
         faults.append(expected_fault(msg.encoding, msg.width, msg.height, msg.step, size))
+        shapes.append((faults[-1], msg.width, msg.height))
         time.sleep(0.002)
 
     send()
     assert faults.count(None) < len(faults), "the fuzzer sent no bad frame"
+    assert any(f is None and max(w, h) >= 60_000 for f, w, h in shapes), \
+        "the fuzzer sent no valid frame of extreme aspect ratio"
 
     def settled():
         v = latest(diagnostics, FUZZ, node, time.monotonic())
@@ -451,15 +461,18 @@ def test_fuzzed_frames_never_stop_the_node_and_are_all_counted(client, node, fra
 # -- start-up --------------------------------------------------------------------------------
 
 
-def _mismatched(path):
-    """A checkpoint whose card says DFANet A over DFANet B weights."""
+def _mismatched(path, **card_fields):
+    """A checkpoint whose card says DFANet A over DFANet B weights (or has ``card_fields``)."""
+    import json
+
     from helpers_ros import camvid_card
     from safetensors.torch import load_file, save_file
 
     from dfanet_model.checkpoint import METADATA_KEY
 
     make_checkpoint(path)
-    save_file(load_file(path), path, metadata={METADATA_KEY: camvid_card("A").to_json()})
+    card = json.loads(camvid_card("B" if card_fields else "A").to_json())
+    save_file(load_file(path), path, metadata={METADATA_KEY: json.dumps({**card, **card_fields})})
     return path
 
 
@@ -539,6 +552,12 @@ def test_lifecycle_transitions_in_process(checkpoint, tmp_path, capfd):
                 ({"checkpoint": str(corrupt)}, "corrupt.safetensors: not a dfanet checkpoint"),
                 ({"checkpoint": str(_mismatched(tmp_path / "a_over_b.safetensors"))},
                  "weights do not fit DFANet A"),
+                ({"checkpoint": str(_mismatched(tmp_path / "nan.safetensors",
+                                                std=[0.2, float("nan"), 0.2]))},
+                 "checkpoint " + str(tmp_path / "nan.safetensors") + ": std[1]: must be finite"),
+                ({"checkpoint": str(_mismatched(tmp_path / "huge.safetensors",
+                                                input_size=[100000, 100000]))},
+                 "huge.safetensors: input_size height: must be in 1..8192, got 100000"),
                 ({"checkpoint": str(checkpoint), "camera_topics": ["a", "a"]},
                  "camera_topics must list distinct topics"),
                 ({"camera_topics": ["a"], "model_height": -1},
@@ -561,5 +580,145 @@ def test_lifecycle_transitions_in_process(checkpoint, tmp_path, capfd):
         assert state() == State.PRIMARY_STATE_INACTIVE and not node._cameras
         assert node.count_publishers("/ok/segmentation/label") == 0
     finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+# -- memory ----------------------------------------------------------------------------------
+
+
+def _rss_mib(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def test_extreme_aspect_frames_leave_the_node_resident_memory_as_it_was(checkpoint, client,
+                                                                        frame):
+    """PNGs of a few KB that decode to 16 M pixels of 1,000,000x16 or 16x1,000,000 (under the
+    default max_image_pixels) once left the node gigabytes larger."""
+    topic = "/huge/image/compressed"
+    proc = NodeProcess(node_command(
+        {"checkpoint": checkpoint, "device": "cpu", "cpu_threads": 1, "backend": "eager",
+         "camera_topics": [topic], "input_reliability": "reliable", "input_depth": 5,
+         "diagnostics_period": 0.0}, remaps=[("__node", "dfanet_huge")]), ros_env(DOMAIN))
+    cols = collectors(client, topic, ("label", "overlay", "info"))
+    try:
+        small = array_to_compressed(np.ascontiguousarray(frame[:120, :160]), Header(), "png")
+
+        def make(pixels):
+            def msg(stamp):
+                m = array_to_compressed(pixels, Header(), "png") if pixels is not None else small
+                m.header.stamp.sec, m.header.stamp.nanosec = stamp
+                return m
+            return msg
+
+        for _ in range(3):  # warm: plans, DDS buffers, the allocator's arenas
+            exchange(client, proc, topic, make(None), cols)
+        before = _rss_mib(proc.proc.pid)
+        tall = np.zeros((1_000_000, 16), np.uint8)
+        tall[::7] = 200
+        wide = np.zeros((16, 1_000_000, 3), np.uint8)
+        wide[:, ::5] = (10, 200, 30)
+        for big in (tall, wide, tall):
+            exchange(client, proc, topic, make(big), {"info": cols["info"]}, timeout=120.0)
+        exchange(client, proc, topic, make(None), cols)  # the outputs' history holds small ones
+        after = _rss_mib(proc.proc.pid)
+        assert after - before < 200, f"resident {before:.0f} MiB before, {after:.0f} after"
+        assert proc.alive()
+    finally:
+        close_all(cols)
+        proc.stop()
+
+
+def test_deactivate_waits_for_one_frame_at_most(checkpoint):
+    """Deactivate once joined each camera's worker in turn: with a frame queued at the engine
+    lock behind another, the lifecycle service was held for every camera's frame."""
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from dfanet_ros.segmentation_node import SegmentationNode
+
+    cameras = ["d0/image", "d1/image", "d2/image"]
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=DOMAIN + 3)
+    node = SegmentationNode(context=context, parameter_overrides=[
+        Parameter("checkpoint", value=str(checkpoint)), Parameter("autostart", value=False),
+        Parameter("device", value="cpu"), Parameter("camera_topics", value=cameras),
+        Parameter("backend", value="eager"), Parameter("diagnostics_period", value=0.0)])
+    watcher = rclpy.create_node("deactivate_watcher", context=context)
+    try:
+        node.trigger_configure()
+        node.trigger_activate()
+        subs = [watcher.create_subscription(Image, output_topic(f"/{c}", "label"),
+                                            lambda m: None, 1) for c in cameras]
+        wait_for(lambda: all(c.publishers["label"].get_subscription_count() for c in
+                             node._cameras), 20.0, "the label subscriptions")
+        pixels = np.zeros((4000, 4000), np.uint8)
+        pixels[::3] = 90
+        start = time.perf_counter()
+        node.engine.run(pixels, "mono8", frozenset({"label"}))
+        frame_s = time.perf_counter() - start  # one frame's engine work
+
+        def message(i):
+            return image_message(pixels, "mono8", (i, 0))
+
+        for i, camera in enumerate(node._cameras):
+            node._on_frame(camera, message(i + 1))
+        wait_for(lambda: node._engine_lock.locked(), 10.0, "a worker to start a frame")
+        start = time.perf_counter()
+        node.trigger_deactivate()
+        took = time.perf_counter() - start
+        assert took < 1.5 * frame_s + 0.3, f"deactivate took {took:.2f} s, a frame {frame_s:.2f}"
+        assert not node._cameras
+        del subs
+    finally:
+        watcher.destroy_node()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def test_frames_dds_replaced_in_the_input_queue_are_counted(checkpoint):
+    """With the default best-effort, depth-1 input, frames that arrive faster than the executor
+    takes them are replaced inside DDS and never reach the node's callback: the publishers'
+    sequence numbers count them (frames_unseen), so published = received + unseen."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from dfanet_ros.segmentation_node import SegmentationNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=DOMAIN + 4)
+    node = SegmentationNode(context=context, parameter_overrides=[
+        Parameter("checkpoint", value=str(checkpoint)), Parameter("autostart", value=False),
+        Parameter("device", value="cpu"), Parameter("camera_topics", value=["q/image"]),
+        Parameter("backend", value="eager"), Parameter("diagnostics_period", value=0.0)])
+    camera_side = rclpy.create_node("burst_camera", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    try:
+        node.trigger_configure()
+        node.trigger_activate()
+        pub = camera_side.create_publisher(Image, "/q/image", 50)
+        wait_for(lambda: pub.get_subscription_count() == 1, 20.0, "the node's subscription")
+        stats = node._cameras[0].stats
+        small = np.zeros((8, 8, 3), np.uint8)
+        published = 0
+        for burst in (1, 30, 1, 12):  # nobody spins while a burst is published
+            for _ in range(burst):
+                published += 1
+                pub.publish(image_message(small, "rgb8", (published, 0)))
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline and stats.received + stats.unseen < published:
+                executor.spin_once(timeout_sec=0.1)
+        snap = stats.snapshot()
+        assert snap["frames_received"] + snap["frames_unseen"] == published, snap
+        assert snap["frames_unseen"] >= 20, snap  # most of each burst was replaced
+        assert snap["frames_received"] >= 4
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        camera_side.destroy_node()
         node.destroy_node()
         rclpy.try_shutdown(context=context)

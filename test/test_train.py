@@ -279,3 +279,33 @@ def test_cpu_campaign_script_runs_and_resumes_pieces(tmp_path, sample_camvid):
     too_long = subprocess.run([str(script)], env={**env, "MINUTES": "151"},
                               capture_output=True, text=True, timeout=60)
     assert too_long.returncode == 2 and "at most 150 minutes" in too_long.stderr
+
+
+def test_disk_full_during_training_is_one_line_and_keeps_the_last_checkpoint(tmp_path,
+                                                                              sample_camvid):
+    """A full disk once ended training with a 38-line traceback ('unexpected pos ...'): the
+    kernel's write error is now one line, exit 1, and last.pt stays as it was."""
+    import resource
+
+    run_dir = tmp_path / "run"
+    base = train_args(run_dir, sample_camvid, iterations=2, save_every=1, eval_every=0,
+                      val_split="null")
+    assert main(base) == 0
+    last = (run_dir / "last.pt").read_bytes()
+    stale = run_dir / ".last.pt.k1ll3d.tmp"  # what a kill during a save leaves
+    stale.write_bytes(b"\0" * 1000)
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (len(last) // 2, len(last) // 2))
+
+    args = train_args(run_dir, sample_camvid, ["--resume"], iterations=4, save_every=1,
+                      eval_every=0, val_split="null")
+    proc = subprocess.run([sys.executable, "-m", "dfanet_model.cli", *args],
+                          capture_output=True, text=True, timeout=300, preexec_fn=small_disk)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == \
+        f"dfanet train: cannot write {run_dir / 'last.pt'}: file too large", proc.stderr
+    assert (run_dir / "last.pt").read_bytes() == last
+    assert not list(run_dir.glob(".*.tmp"))
