@@ -309,3 +309,11 @@ def test_disk_full_during_training_is_one_line_and_keeps_the_last_checkpoint(tmp
         f"dfanet train: cannot write {run_dir / 'last.pt'}: file too large", proc.stderr
     assert (run_dir / "last.pt").read_bytes() == last
     assert not list(run_dir.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("name", ["train_camvid.yaml", "train_camvid_cpu.yaml",
+                                  "train_cityscapes.yaml"])
+def test_shipped_training_configs_load(name):
+    from dfanet_model.train import load_config
+    cfg = load_config(REPO / "config" / name)
+    assert cfg.variant in ("A", "B") and cfg.iterations > 1000
