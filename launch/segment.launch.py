@@ -36,7 +36,7 @@ def _segmentation_node(context):
 def generate_launch_description():
     share = FindPackageShare(PACKAGE)
     return LaunchDescription([
-        DeclareLaunchArgument("camera_topics", default_value="/camera/image_raw",
+        DeclareLaunchArgument("camera_topics", default_value="camera/image_raw",
                               description="camera image topic(s), comma-separated"),
         DeclareLaunchArgument("checkpoint", default_value="",
                               description="DFANet checkpoint; empty: the params file's"),

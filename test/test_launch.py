@@ -142,8 +142,8 @@ def test_rviz_shows_the_camera_overlay_and_colour_mask(default_camera):
     displays = rviz["Visualization Manager"]["Displays"]
     topics = {d["Topic"]["Value"] for d in displays
               if d["Class"] == "rviz_default_plugins/Image"}
-    assert topics == {default_camera, output_topic(default_camera, "overlay"),
-                      output_topic(default_camera, "color")}
+    camera = "/" + default_camera  # the relative default, resolved without a namespace
+    assert topics == {camera, output_topic(camera, "overlay"), output_topic(camera, "color")}
 
 
 def test_params_file_matches_the_running_node(default_camera):

@@ -448,6 +448,47 @@ def test_fuzzed_frames_never_stop_the_node_and_are_all_counted(client, node, fra
     assert f"{FUZZ}: bad frame (" in node.output()
 
 
+# -- topic names ----------------------------------------------------------------------------
+
+
+def test_remap_and_namespace_move_inputs_and_outputs_together(checkpoint, frame):
+    """The default camera topic is relative and the outputs derive from the resolved camera
+    name: a remap (the README's example) or a namespace moves all of them."""
+    image = np.ascontiguousarray(frame[::4, ::4])
+    params = {"checkpoint": checkpoint, "device": "cpu", "cpu_threads": 1, "backend": "eager",
+              "diagnostics_period": 0.0}
+    cases = {  # how the node is started: camera topic, label topic, class map topic
+        "remap": (["-r", "camera/image_raw:=/front/image_raw"], "/front/image_raw",
+                  "/front/segmentation/label", "/segmentation/class_map"),
+        "namespace": (["-r", "__ns:=/robot1"], "/robot1/camera/image_raw",
+                      "/robot1/camera/segmentation/label", "/robot1/segmentation/class_map"),
+    }
+    procs = {name: NodeProcess(node_command(params) + extra, ros_env(DOMAIN + 3))
+             for name, (extra, *_) in cases.items()}
+    client = RosClient(DOMAIN + 3)
+    try:
+        for name, (_, camera, label_topic, class_map_topic) in cases.items():
+            node = procs[name]
+            cols = {"label": client.collect(Image, label_topic)}
+            msg, got = exchange(client, node, camera,
+                                lambda s: image_message(image, "rgb8", s), cols)
+            close_all(cols)
+            assert got["label"].header == msg.header, name
+            latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            c = client.collect(ClassMap, class_map_topic, latched)
+            wait_for(lambda c=c: c.messages, 20.0, f"{class_map_topic} ({name})", node)
+            c.close()
+        # Nothing is left at the names the parameter alone would give.
+        names = dict(client.node.get_topic_names_and_types())
+        assert "/camera/image_raw" not in names and "/segmentation/label" not in names
+        assert "/camera/segmentation/label" not in names, sorted(names)
+    finally:
+        client.close()
+        for proc in procs.values():
+            proc.stop()
+
+
 # -- start-up --------------------------------------------------------------------------------
 
 
@@ -521,16 +562,35 @@ def test_lifecycle_transitions_in_process(checkpoint, tmp_path, capfd):
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert state() == State.PRIMARY_STATE_INACTIVE and node.engine is not None
         assert subscribers() == 0
+        # Publishers are made at configure (lifecycle publishers, as ros2/demos lifecycle_py).
+        assert node.count_publishers("/lc/segmentation/overlay") == 1
+        assert node.count_publishers("/segmentation/class_map") == 1
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
         wait_for(lambda: subscribers() == 1, 10.0, "the camera subscription")
-        assert node.count_publishers("/lc/segmentation/overlay") == 1
         node.engine.run(np.zeros((8, 8, 3), np.uint8), outputs=frozenset({"label"}))
         assert node.engine._plans
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         wait_for(lambda: subscribers() == 0, 10.0, "the subscription to go")
         assert not node.engine._plans  # buffers released, model kept
+        # Inactive, the publishers stay: a transient-local subscriber arriving now still gets
+        # the class map published at activation.
+        assert node.count_publishers("/lc/segmentation/overlay") == 1
+        client = RosClient(DOMAIN + 2, "lifecycle_test_client")
+        try:
+            latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            class_map = client.collect(ClassMap, "/segmentation/class_map", latched)
+            wait_for(lambda: class_map.messages, 20.0, "the class map while inactive")
+            assert list(class_map.messages[0].names) == list(CAMVID.names)
+        finally:
+            client.close()
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        wait_for(lambda: subscribers() == 1, 10.0, "the camera subscription again")
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
         assert node.engine is None and state() == State.PRIMARY_STATE_UNCONFIGURED
+        assert node.count_publishers("/lc/segmentation/overlay") == 0
+        assert node.count_publishers("/segmentation/class_map") == 0
         # Each unusable checkpoint or setting fails configure with its reason logged.
         corrupt = tmp_path / "corrupt.safetensors"
         corrupt.write_bytes(np.random.default_rng(1).bytes(300))
@@ -541,6 +601,7 @@ def test_lifecycle_transitions_in_process(checkpoint, tmp_path, capfd):
                  "weights do not fit DFANet A"),
                 ({"checkpoint": str(checkpoint), "camera_topics": ["a", "a"]},
                  "camera_topics must list distinct topics"),
+                ({"camera_topics": ["a", "/a"]}, "resolve to the same topic twice"),
                 ({"camera_topics": ["a"], "model_height": -1},
                  "model_height -1 and model_width 0"),
                 ({"model_height": 0, "input_reliability": "sometimes"},
@@ -551,14 +612,16 @@ def test_lifecycle_transitions_in_process(checkpoint, tmp_path, capfd):
             assert state() == State.PRIMARY_STATE_UNCONFIGURED
             err = capfd.readouterr().err
             assert "cannot configure" in err and text in err, err
-        # A topic name DDS refuses fails activate, leaving nothing behind.
-        node.set_parameters([Parameter("camera_topics", value=["ok/image", "bad topic"]),
+        # A topic name ROS refuses fails configure, leaving nothing behind.
+        node.set_parameters([Parameter("checkpoint", value=str(checkpoint)),
+                             Parameter("camera_topics", value=["ok/image", "bad topic"]),
                              Parameter("input_reliability", value="best_effort")])
-        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         capfd.readouterr()
-        assert node.trigger_activate() == TransitionCallbackReturn.FAILURE
-        assert "cannot activate" in capfd.readouterr().err
-        assert state() == State.PRIMARY_STATE_INACTIVE and not node._cameras
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        err = capfd.readouterr().err
+        assert "cannot configure" in err and "bad topic" in err, err
+        assert state() == State.PRIMARY_STATE_UNCONFIGURED and not node._cameras
+        assert node.engine is None
         assert node.count_publishers("/ok/segmentation/label") == 0
     finally:
         node.destroy_node()
