@@ -145,10 +145,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="camera frame HEIGHTxWIDTH list (default 720x960,1024x2048)")
     e.add_argument("--model-size", type=parse_size, default=None,
                    help="network input HEIGHTxWIDTH (default: each frame's own size)")
-    e.add_argument("--outputs", type=_csv(("label", "color", "overlay"), "output"), nargs="+",
-                   default=[["label"], ["label", "color", "overlay"]],
-                   help="output sets, each comma-separated (default: label "
-                        "label,color,overlay)")
+    e.add_argument("--outputs", type=_csv(("label", "color", "overlay", "confidence"), "output"),
+                   nargs="+", default=[["label"], ["label", "color", "overlay"]],
+                   help="output sets, each comma-separated, from label, color, overlay and "
+                        "confidence (default: label label,color,overlay); compare label with "
+                        "label,confidence for the confidence's cost")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     e.add_argument("--fp16", action="store_true", help="fp16 on CUDA")
     e.add_argument("--backend", default="auto", help="network backend (dfanet_model.fast)")

@@ -10,7 +10,9 @@ remap of the camera moves them together:
     <ns>/segmentation/label          sensor_msgs/Image mono8, class id per pixel
     <ns>/segmentation/color          sensor_msgs/Image rgb8, colour of each pixel's class
     <ns>/segmentation/overlay        sensor_msgs/Image rgb8, camera image blended with color
-    <ns>/segmentation/info           dfanet_ros/SegmentationInfo, class fractions and latency
+    <ns>/segmentation/confidence     sensor_msgs/Image mono8, top-class probability x 255
+    <ns>/segmentation/info           dfanet_ros/SegmentationInfo, class fractions, mean
+                                     confidence and latency
     segmentation/class_map           dfanet_ros/ClassMap, reliable + transient local
     /diagnostics                     diagnostic_msgs/DiagnosticArray, one status per camera
 
@@ -70,14 +72,15 @@ from .conversions import (
     compressed_to_array,
     image_to_array,
 )
-from .frame_stats import CameraStats, LatestSlot
+from .frame_stats import CameraStats, LatestSlot, RunningMean
 
 NODE_NAME = "dfanet_segmentation"
 DEFAULT_CAMERA_TOPIC = "camera/image_raw"
 CLASS_MAP_TOPIC = "segmentation/class_map"
-IMAGE_OUTPUTS = ("label", "color", "overlay")
-OUTPUT_ENCODINGS = {"label": "mono8", "color": "rgb8", "overlay": "rgb8"}
+IMAGE_OUTPUTS = ("label", "color", "overlay", "confidence")
+OUTPUT_ENCODINGS = {"label": "mono8", "color": "rgb8", "overlay": "rgb8", "confidence": "mono8"}
 WARN_PERIOD_S = 5.0
+CONFIDENCE_WINDOW = 30  # frames in a camera's running mean confidence
 
 
 # name, default, description, (min, max) for numbers, changes at run time.  "Read on
@@ -111,7 +114,12 @@ PARAMETERS: tuple[tuple[str, Any, str, tuple[float, float] | None, bool], ...] =
     ("publish_label", True, "publish segmentation/label", None, True),
     ("publish_color", True, "publish segmentation/color", None, True),
     ("publish_overlay", True, "publish segmentation/overlay", None, True),
+    ("publish_confidence", True, "publish segmentation/confidence", None, True),
     ("publish_info", True, "publish segmentation/info", None, True),
+    ("min_mean_confidence", 0.5, "a camera's /diagnostics status is WARN while its running "
+     f"mean confidence (last {CONFIDENCE_WINDOW} frames) is below this (0: never; the "
+     "confidence is then computed only for confidence and info subscribers)", (0.0, 1.0),
+     True),
     ("max_image_pixels", 4096 * 4096, "frames with more pixels are refused as bad input",
      (1, 1 << 30), False),
     ("diagnostics_period", 1.0, "seconds between /diagnostics messages (0: none)",
@@ -144,6 +152,7 @@ class _Camera:
     topic: str
     compressed: bool
     stats: CameraStats = field(default_factory=CameraStats)
+    confidence: RunningMean = field(default_factory=lambda: RunningMean(CONFIDENCE_WINDOW))
     slot: LatestSlot = field(default_factory=LatestSlot)
     subscription: Any = None
     publishers: dict[str, Any] = field(default_factory=dict)
@@ -422,6 +431,9 @@ class SegmentationNode(LifecycleNode):
         wanted = frozenset(out for out in IMAGE_OUTPUTS if switches[f"publish_{out}"]
                            and pubs[out].get_subscription_count() > 0)
         want_info = switches["publish_info"] and pubs["info"].get_subscription_count() > 0
+        # The running mean for /diagnostics needs every frame's; otherwise info asks for it.
+        want_mean = want_info or (switches["min_mean_confidence"] > 0
+                                  and self._diag_pub is not None)
         if not wanted and not want_info:
             camera.stats.count("unwatched")
             return
@@ -438,7 +450,8 @@ class SegmentationNode(LifecycleNode):
         with self._engine_lock:
             if self.engine is None:
                 return
-            result = self.engine.run(pixels, encoding, wanted, switches["overlay_alpha"])
+            result = self.engine.run(pixels, encoding, wanted, switches["overlay_alpha"],
+                                     mean_confidence=want_mean)
             inferred = time.perf_counter()
             if result.replanned:
                 self.get_logger().info(
@@ -451,11 +464,14 @@ class SegmentationNode(LifecycleNode):
             pubs[out].publish(image)
         published = time.perf_counter()
         sent = sorted(wanted)
+        if result.mean_confidence is not None:
+            camera.confidence.add(result.mean_confidence)
         if want_info:
             h, w = result.model_size
             stamp = msg.header.stamp
             pubs["info"].publish(SegmentationInfo(
                 header=msg.header, class_fractions=result.class_fractions.tolist(),
+                mean_confidence=result.mean_confidence,
                 decode_ms=(decoded - start) * 1e3, inference_ms=(inferred - decoded) * 1e3,
                 publish_ms=(published - inferred) * 1e3, total_ms=(published - received) * 1e3,
                 stamp_age_ms=(received_ns - (stamp.sec * 10**9 + stamp.nanosec)) / 1e6,
@@ -491,13 +507,19 @@ class SegmentationNode(LifecycleNode):
         for camera in self._cameras:
             snap = camera.stats.snapshot()
             level, message = DiagnosticStatus.OK, "running"
+            confidence, floor = camera.confidence.mean(), self._dynamic["min_mean_confidence"]
             if snap["frames_bad_since_last_report"]:
                 level = DiagnosticStatus.WARN
                 message = f"{snap['frames_bad_since_last_report']} bad frame(s)"
+            elif confidence is not None and confidence < floor:
+                level = DiagnosticStatus.WARN
+                message = (f"mean confidence {confidence:.2f} below {floor:.2f}: the scene may "
+                           "be unlike the training data")
             elif not snap["frames_processed"]:
                 message = "waiting for frames" if not snap["frames_received"] \
                     else "no subscriber to any output"
             values = {"topic": camera.topic, "device": self._device_name(), "model": model,
+                      "mean_confidence": "n/a" if confidence is None else confidence,
                       "model_size": "checkpoint" if size is None else
                       "input" if size == (0, 0) else f"{size[0]}x{size[1]}", **snap}
             array.status.append(DiagnosticStatus(

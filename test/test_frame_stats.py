@@ -4,7 +4,9 @@ from __future__ import annotations
 import math
 import threading
 
-from dfanet_ros.frame_stats import CameraStats, LatestSlot
+import pytest
+
+from dfanet_ros.frame_stats import CameraStats, LatestSlot, RunningMean
 
 
 def test_latest_slot_keeps_only_the_newest_and_reports_overwrites():
@@ -48,3 +50,11 @@ def test_camera_stats_snapshot():
     assert abs(snap["latency_p50_ms"] - 50.5) < 1e-9 and snap["latency_p99_ms"] > 98
     assert stats.frames_lost_total == 3
     assert stats.snapshot()["frames_bad_since_last_report"] == 0
+
+
+def test_running_mean_keeps_the_last_window():
+    mean = RunningMean(3)
+    assert mean.mean() is None
+    for value in (0.9, 0.1, 0.2, 0.3):
+        mean.add(value)
+    assert mean.mean() == pytest.approx(0.2)  # 0.9 fell out of the window

@@ -143,7 +143,8 @@ def test_rviz_shows_the_camera_overlay_and_colour_mask(default_camera):
     topics = {d["Topic"]["Value"] for d in displays
               if d["Class"] == "rviz_default_plugins/Image"}
     camera = "/" + default_camera  # the relative default, resolved without a namespace
-    assert topics == {camera, output_topic(camera, "overlay"), output_topic(camera, "color")}
+    assert topics == {camera, output_topic(camera, "overlay"), output_topic(camera, "color"),
+                      output_topic(camera, "confidence")}
 
 
 def test_params_file_matches_the_running_node(default_camera):

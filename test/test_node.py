@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 from dfanet_ros.msg import ClassMap, SegmentationInfo
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from helpers_ros import (
     REPO,
     SMALL_INPUT,
@@ -139,7 +139,8 @@ def exchange(client, node, topic: str, make_msg, outputs: dict, timeout: float =
 exchange.publishers = {}
 
 
-def collectors(client, camera: str, names=("label", "color", "overlay", "info")) -> dict:
+def collectors(client, camera: str,
+               names=("label", "color", "overlay", "confidence", "info")) -> dict:
     return {name: client.collect(SegmentationInfo if name == "info" else Image,
                                  output_topic(camera, name)) for name in names}
 
@@ -185,11 +186,14 @@ def test_outputs_match_offline_inference(client, node, engine, frame):
                         lambda s: image_message(frame, "rgb8", s, "front_camera"), cols)
     close_all(cols)
     expected = engine.run(frame)
-    for name in ("label", "color", "overlay"):
+    for name in ("label", "color", "overlay", "confidence"):
         out = got[name]
         assert out.header == msg.header, name
         assert (out.height, out.width) == frame.shape[:2], name
-        assert out.encoding == ("mono8" if name == "label" else "rgb8"), name
+        assert out.encoding == ("rgb8" if name in ("color", "overlay") else "mono8"), name
+    confidence = as_array(got["confidence"]).astype(int)
+    assert (np.abs(confidence - expected.confidence) <= 1).mean() > 0.999
+    assert got["info"].mean_confidence == pytest.approx(expected.mean_confidence, abs=1e-3)
     label, color, overlay = (as_array(got[n]) for n in ("label", "color", "overlay"))
     assert label.max() < CAMVID.num_classes and len(np.unique(label)) >= 3
     assert agree(label, expected.label) > 0.999
@@ -345,6 +349,37 @@ def test_only_watched_outputs_are_computed(client, node, frame, diagnostics):
                       and counter(v, "frames_unwatched") == unwatched + 3 and v, 20.0,
                       "3 more skipped frames", node)
     assert counter(values, "published_label") == labels
+
+
+def test_low_mean_confidence_warns_in_diagnostics(client, node, frame, diagnostics):
+    image = np.ascontiguousarray(frame[::4, ::4])
+    cols = collectors(client, LAZY, ("label",))  # no info, no confidence subscriber
+
+    def status(after: float):
+        for msg in diagnostics.recent(after):
+            for st in msg.status:
+                if any(kv.key == "topic" and kv.value == LAZY for kv in st.values):
+                    return st
+        return None
+
+    try:
+        for floor, level in ((1.0, DiagnosticStatus.WARN), (0.01, DiagnosticStatus.OK)):
+            (result,) = client.set_parameters("dfanet_segmentation",
+                                              {"min_mean_confidence": floor})
+            assert result.successful
+            exchange(client, node, LAZY, lambda s: image_message(image, "rgb8", s), cols)
+            start = time.monotonic()
+            st = wait_for(lambda start=start: status(start), 20.0, f"diagnostics of {LAZY}",
+                          node)
+            values = {kv.key: kv.value for kv in st.values}
+            assert 1 / CAMVID.num_classes <= float(values["mean_confidence"]) <= 1.0
+            assert st.level == level, (floor, st.message)
+            assert ("mean confidence" in st.message) == (level == DiagnosticStatus.WARN)
+        (result,) = client.set_parameters("dfanet_segmentation", {"min_mean_confidence": 1.5})
+        assert not result.successful  # the descriptor's range
+    finally:
+        client.set_parameters("dfanet_segmentation", {"min_mean_confidence": 0.5})
+        close_all(cols)
 
 
 def test_newest_frame_wins_and_drops_are_counted(client, node, frame, diagnostics):
