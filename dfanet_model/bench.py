@@ -585,14 +585,14 @@ def _engine_checkpoint(path: Path | None, workdir: Path) -> Path:
 
 
 def format_engine_table(results: list[EngineBenchResult]) -> str:
-    head = (f"{'frame':>9} {'network':>9} {'outputs':<19} {'device':<7} {'backend':<11} "
+    head = (f"{'frame':>9} {'network':>9} {'outputs':<30} {'device':<7} {'backend':<11} "
             f"{'median ms':>9} {'p90 ms':>8} {'p99 ms':>8} {'FPS':>8} {'in ms':>6} "
             f"{'compute':>8}")
     lines = [head, "-" * len(head)]
     for r in results:
         lines.append(
             f"{f'{r.height}x{r.width}':>9} {f'{r.model_height}x{r.model_width}':>9} "
-            f"{r.outputs:<19} {r.device + (' fp16' if r.fp16 else ''):<7} {r.backend:<11} "
+            f"{r.outputs:<30} {r.device + (' fp16' if r.fp16 else ''):<7} {r.backend:<11} "
             f"{r.median_ms:>9.2f} {r.p90_ms:>8.2f} {r.p99_ms:>8.2f} {r.fps:>8.1f} "
             f"{r.copy_in_median_ms:>6.2f} {r.compute_median_ms:>8.2f}")
     return "\n".join(lines)
