@@ -348,12 +348,10 @@ class SegmentationEngine:
             x.mul_(self._scale).add_(self._shift)
         else:
             x = torch.mul(image, self._scale, out=plan.norm).add_(self._shift)
-        logits = self.model(x)
-        small = _argmax_classes(logits)  # (h, w) int64
+        small, probability = _top_class(self.model(x), MEAN_CONFIDENCE in outputs)
         flat = small.reshape(-1)
         plan.dev_counts.zero_().index_add_(0, flat, plan.pixel_weight)
-        if MEAN_CONFIDENCE in outputs:
-            probability = _top_probability(logits)  # (h, w) float32
+        if probability is not None:
             # Weighted as class_fractions: each model pixel by the input pixels it stands for.
             torch.dot(probability.reshape(-1), plan.pixel_weight,
                       out=plan.dev_mean_confidence[0]).div_(plan.height * plan.width)
@@ -440,37 +438,34 @@ def _as_hwc(image: np.ndarray, encoding: str) -> np.ndarray:
     return image
 
 
-def _argmax_classes(logits: torch.Tensor) -> torch.Tensor:
-    """Class of each pixel of (1, C, h, w) logits as (h, w) int64, first maximum on ties."""
-    if logits.device.type != "cpu":
-        return logits[0].argmax(dim=0)
-    # On the CPU argmax over the channel dimension walks memory C strides apart (50 ms at
-    # 360x480); a running maximum over contiguous channel planes is ~10x faster.
+def _top_class(logits: torch.Tensor, probability: bool
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Class of each pixel of (1, C, h, w) logits as (h, w) int64 (first maximum on ties)
+    and, on request, its softmax probability as (h, w) float32 (1 / sum_c exp(logit_c - max)),
+    in float32 whatever the network's precision."""
     planes = logits[0]
+    if logits.device.type != "cpu":
+        index = planes.argmax(dim=0)
+        if not probability:
+            return index, None
+        planes = planes.float()
+        return index, torch.exp(planes - planes.amax(dim=0)).sum(dim=0).reciprocal_()
+    # On the CPU argmax over the channel dimension walks memory C strides apart (50 ms at
+    # 360x480); a running maximum over contiguous channel planes is ~10x faster.  The
+    # probability reuses that maximum: 4 ms more at 360x480 with 11 classes, one thread.
     best = planes[0].clone()
     index = torch.zeros(best.shape, dtype=torch.int64)
     for c in range(1, planes.shape[0]):
         better = planes[c] > best
         torch.maximum(best, planes[c], out=best)
         index.masked_fill_(better, c)
-    return index
-
-
-def _top_probability(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax probability of each pixel's top class, (1, C, h, w) logits -> (h, w) float32:
-    1 / sum_c exp(logit_c - max logit), in float32 whatever the network's precision."""
-    planes = logits[0].float()
-    if logits.device.type != "cpu":
-        return torch.exp(planes - planes.amax(dim=0)).sum(dim=0).reciprocal_()
-    # On the CPU, contiguous channel planes again (see _argmax_classes).
-    best = planes[0].clone()
-    for c in range(1, planes.shape[0]):
-        torch.maximum(best, planes[c], out=best)
+    if not probability:
+        return index, None
     total = torch.zeros_like(best)
     scratch = torch.empty_like(best)
     for c in range(planes.shape[0]):
         total.add_(torch.sub(planes[c], best, out=scratch).exp_())
-    return total.reciprocal_()
+    return index, total.reciprocal_()
 
 
 def _nearest_index(size_out: int, size_in: int, device: torch.device) -> torch.Tensor:
