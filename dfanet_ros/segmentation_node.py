@@ -34,6 +34,7 @@ Without ros2cli:  ``dfanet-segmentation-node --ros-args -p checkpoint:=model.saf
 """
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -564,6 +565,9 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Ctrl-C under ros2 launch reaches the node twice (from the terminal, then forwarded
+        # by launch): a second SIGINT must not cut the teardown short (exit -2, an ERROR line).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             node._teardown()
             node.destroy_node()

@@ -572,6 +572,31 @@ def test_start_up_failures_exit_with_one_clear_line(tmp_path, checkpoint):
             proc.stop()
 
 
+def test_ctrl_c_under_launch_ends_the_node_cleanly():
+    """A terminal's Ctrl-C reaches ros2 launch and the node, and launch forwards another
+    SIGINT: two SIGINTs in a row still end the node with status 0."""
+    import signal
+
+    proc = NodeProcess(node_command({"autostart": False}), ros_env(DOMAIN + 4))
+    client = RosClient(DOMAIN + 4)
+    try:
+        wait_for(lambda: _has_services(client), 60.0, "the node's services", proc)
+        proc.proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        proc.proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, proc.output()[-3000:]
+    finally:
+        client.close()
+        proc.stop()
+
+
+def _has_services(client) -> bool:
+    try:
+        return bool(client.list_parameters("dfanet_segmentation"))
+    except AssertionError:
+        return False
+
+
 def test_lifecycle_transitions_in_process(checkpoint, tmp_path, capfd):
     import rclpy
     from lifecycle_msgs.msg import State
