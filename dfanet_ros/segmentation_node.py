@@ -264,7 +264,7 @@ class SegmentationNode(LifecycleNode):
             self._class_map_pub.publish(self._class_map())
             for camera in self._cameras:
                 camera.slot = LatestSlot()
-                camera.worker = threading.Thread(target=self._work, args=(camera,),
+                camera.worker = threading.Thread(target=self._work, args=(camera, camera.slot),
                                                  name=f"segment {camera.topic}", daemon=True)
                 camera.worker.start()
                 camera.subscription = self._subscribe(camera, in_qos)
@@ -320,7 +320,8 @@ class SegmentationNode(LifecycleNode):
         for camera in self._cameras:
             if camera.worker is not None and camera.worker.is_alive():
                 # It is publishing its last outputs (a deactivated lifecycle publisher does
-                # not send them) or decoding a frame it will not run.
+                # not send them) or decoding a frame it will not run: it ends on its own, on
+                # its own closed slot, even if a later activate gives the camera a new one.
                 camera.worker.join(timeout=1.0)
             camera.worker = None
         if self._diag_timer is not None:
@@ -425,21 +426,24 @@ class SegmentationNode(LifecycleNode):
         if camera.slot.put((msg, received, self.get_clock().now().nanoseconds)):
             camera.stats.count("dropped")
 
-    def _work(self, camera: _Camera) -> None:
-        """Worker thread of one camera: segment and publish the newest frame, forever."""
-        while not camera.slot.closed:
-            item = camera.slot.take(timeout=0.5)
+    def _work(self, camera: _Camera, slot: LatestSlot) -> None:
+        """Worker thread of one camera: segment and publish the newest frame of ``slot`` (this
+        activation's) until deactivate closes it."""
+        while not slot.closed:
+            item = slot.take(timeout=0.5)
             if item is None:
                 continue
             try:
-                self._process(camera, *item)
+                self._process(camera, *item, slot=slot)
             except Exception as e:  # never let one frame end the camera's worker
-                if camera.slot.closed or not self.context.ok():
+                if slot.closed or not self.context.ok():
                     return
                 self._bad_frame(camera, BadImage("engine", f"{type(e).__name__}: {e}"))
 
-    def _process(self, camera: _Camera, msg: Any, received: float, received_ns: int) -> None:
+    def _process(self, camera: _Camera, msg: Any, received: float, received_ns: int,
+                 slot: LatestSlot | None = None) -> None:
         pubs, switches = camera.publishers, self._dynamic
+        slot = camera.slot if slot is None else slot
         wanted = frozenset(out for out in IMAGE_OUTPUTS if switches[f"publish_{out}"]
                            and pubs[out].get_subscription_count() > 0)
         want_info = switches["publish_info"] and pubs["info"].get_subscription_count() > 0
@@ -462,7 +466,7 @@ class SegmentationNode(LifecycleNode):
         with self._engine_lock:
             # Deactivate closes the slot, then waits for this lock: a frame taken before that
             # but not started yet is not run, so deactivate waits for one frame's work at most.
-            if self.engine is None or camera.slot.closed:
+            if self.engine is None or slot.closed:
                 return
             result = self.engine.run(pixels, encoding, wanted, switches["overlay_alpha"],
                                      mean_confidence=want_mean)

@@ -759,6 +759,7 @@ def test_deactivate_waits_for_one_frame_at_most(checkpoint):
     """Deactivate once joined each camera's worker in turn: with a frame queued at the engine
     lock behind another, the lifecycle service was held for every camera's frame."""
     import rclpy
+    from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
 
     from dfanet_ros.segmentation_node import SegmentationNode
@@ -797,6 +798,18 @@ def test_deactivate_waits_for_one_frame_at_most(checkpoint):
         # Processing stopped; the cameras and their lifecycle publishers stay until cleanup.
         assert node._cameras and all(c.subscription is None and c.worker is None
                                      and c.slot.closed for c in node._cameras)
+        camera = node._cameras[0]
+        old_slot = camera.slot
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert not camera.slot.closed and camera.worker.is_alive()
+        # A worker of the last activation that outlived deactivate's wait (still decoding its
+        # frame) checks its own closed slot, not the camera's new one: the frame is not run.
+        processed = camera.stats.processed
+        node._process(camera, message(9), time.perf_counter(), 0, slot=old_slot)
+        assert camera.stats.processed == processed
+        node._process(camera, message(10), time.perf_counter(), 0)  # this activation's: run
+        assert camera.stats.processed == processed + 1
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         del subs
     finally:
         watcher.destroy_node()
