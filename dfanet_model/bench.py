@@ -145,10 +145,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="camera frame HEIGHTxWIDTH list (default 720x960,1024x2048)")
     e.add_argument("--model-size", type=parse_size, default=None,
                    help="network input HEIGHTxWIDTH (default: each frame's own size)")
-    e.add_argument("--outputs", type=_csv(("label", "color", "overlay"), "output"), nargs="+",
-                   default=[["label"], ["label", "color", "overlay"]],
-                   help="output sets, each comma-separated (default: label "
-                        "label,color,overlay)")
+    e.add_argument("--outputs", type=_csv(("label", "color", "overlay", "confidence"), "output"),
+                   nargs="+", default=[["label"], ["label", "color", "overlay"]],
+                   help="output sets, each comma-separated, from label, color, overlay and "
+                        "confidence (default: label label,color,overlay); compare label with "
+                        "label,confidence for the confidence's cost")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     e.add_argument("--fp16", action="store_true", help="fp16 on CUDA")
     e.add_argument("--backend", default="auto", help="network backend (dfanet_model.fast)")
@@ -584,14 +585,14 @@ def _engine_checkpoint(path: Path | None, workdir: Path) -> Path:
 
 
 def format_engine_table(results: list[EngineBenchResult]) -> str:
-    head = (f"{'frame':>9} {'network':>9} {'outputs':<19} {'device':<7} {'backend':<11} "
+    head = (f"{'frame':>9} {'network':>9} {'outputs':<30} {'device':<7} {'backend':<11} "
             f"{'median ms':>9} {'p90 ms':>8} {'p99 ms':>8} {'FPS':>8} {'in ms':>6} "
             f"{'compute':>8}")
     lines = [head, "-" * len(head)]
     for r in results:
         lines.append(
             f"{f'{r.height}x{r.width}':>9} {f'{r.model_height}x{r.model_width}':>9} "
-            f"{r.outputs:<19} {r.device + (' fp16' if r.fp16 else ''):<7} {r.backend:<11} "
+            f"{r.outputs:<30} {r.device + (' fp16' if r.fp16 else ''):<7} {r.backend:<11} "
             f"{r.median_ms:>9.2f} {r.p90_ms:>8.2f} {r.p99_ms:>8.2f} {r.fps:>8.1f} "
             f"{r.copy_in_median_ms:>6.2f} {r.compute_median_ms:>8.2f}")
     return "\n".join(lines)
@@ -619,31 +620,40 @@ def run_engine(args: argparse.Namespace) -> int:
         warmup = args.warmup if args.warmup is not None else (20 if cuda else 2)
         print(f"dfanet bench engine: {checkpoint.name} (DFANet {engine.card.variant}) on "
               f"{engine.device}, {engine.backend} backend; {warmup} warm-up + {iters} timed "
-              "frames each")
+              "frames each, output sets interleaved")
         rng = np.random.default_rng(0)
         for h, w in args.sizes:
             frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-            for outputs in args.outputs:
-                wanted = frozenset(outputs)
+            sets = [frozenset(outputs) for outputs in args.outputs]
+            for wanted in sets:
                 t0 = time.perf_counter()
                 engine.warm_up(h, w, "rgb8", wanted)
                 for _ in range(warmup):
                     engine.run(frame, "rgb8", wanted)
-                print(f"  {h}x{w} {','.join(outputs)}: ready in "
+                print(f"  {h}x{w} {','.join(sorted(wanted))}: ready in "
                       f"{time.perf_counter() - t0:.1f} s", flush=True)
-                times, copy_in, compute = [], [], []
-                for _ in range(iters):
+            # Interleaved rounds, one frame of each output set per round: load from other
+            # processes falls on every set alike, so differences between sets are the cost.
+            times: dict[frozenset[str], list[float]] = {wanted: [] for wanted in sets}
+            copy_in: dict[frozenset[str], list[float]] = {wanted: [] for wanted in sets}
+            compute: dict[frozenset[str], list[float]] = {wanted: [] for wanted in sets}
+            model_size: tuple[int, int] = (h, w)
+            for _ in range(iters):
+                for wanted in sets:
                     t = time.perf_counter()
                     res = engine.run(frame, "rgb8", wanted)
-                    times.append((time.perf_counter() - t) * 1e3)
-                    copy_in.append(res.timings_ms["copy_in"])
-                    compute.append(res.timings_ms["compute"])
-                median = statistics.median(times)
+                    times[wanted].append((time.perf_counter() - t) * 1e3)
+                    copy_in[wanted].append(res.timings_ms["copy_in"])
+                    compute[wanted].append(res.timings_ms["compute"])
+                    model_size = res.model_size
+            for wanted in sets:
+                median = statistics.median(times[wanted])
                 results.append(EngineBenchResult(
-                    h, w, *res.model_size, ",".join(sorted(wanted)), str(engine.device),
-                    engine.backend, engine.fp16, iters, median, _percentile(times, 0.1),
-                    _percentile(times, 0.9), _percentile(times, 0.99), 1000.0 / median,
-                    statistics.median(copy_in), statistics.median(compute), times))
+                    h, w, *model_size, ",".join(sorted(wanted)), str(engine.device),
+                    engine.backend, engine.fp16, iters, median, _percentile(times[wanted], 0.1),
+                    _percentile(times[wanted], 0.9), _percentile(times[wanted], 0.99),
+                    1000.0 / median, statistics.median(copy_in[wanted]),
+                    statistics.median(compute[wanted]), times[wanted]))
         engine.release()
     print()
     print(format_engine_table(results))

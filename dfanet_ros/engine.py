@@ -5,14 +5,15 @@ call it directly.  One pipeline serves every device::
 
     uint8 HWC frame -> RGB float -> resize to the model size -> normalise (card mean/std)
     -> DFANet -> argmax -> label / colour mask resized back (nearest) -> alpha-blended overlay
+                       -> top-class softmax probability -> confidence map (nearest) and mean
 
 Everything one input size and encoding needs is allocated once, in a ``_Plan``: input and
 output buffers (pinned host memory on CUDA), index tensors for the nearest upsampling and the
 per-class pixel weights.  A frame of another size or encoding makes a new plan (logged); the
 last few plans are kept so cameras of different sizes do not re-plan on every frame.
 
-Memory follows the pixel count, whatever the aspect ratio: a plan holds at most 41
-bytes per input pixel (50 on CUDA, with the device and host copies), plus index vectors of one
+Memory follows the pixel count, whatever the aspect ratio: a plan holds at most 42
+bytes per input pixel (52 on CUDA, with the device and host copies), plus index vectors of one
 entry per row and column, plus model-size terms; the nearest upsampling goes through the
 smaller of its two possible intermediates (rows first or columns first), which is never
 larger than the input or the model size.  The plans kept between frames hold at most
@@ -42,7 +43,9 @@ from dfanet_model.checkpoint import ModelCard, load_model
 
 log = logging.getLogger("dfanet.engine")
 
-ALL_OUTPUTS: frozenset[str] = frozenset({"label", "color", "overlay"})
+ALL_OUTPUTS: frozenset[str] = frozenset({"label", "color", "overlay", "confidence"})
+# Not an image: the frame's mean top-class probability alone (EngineResult.mean_confidence).
+MEAN_CONFIDENCE = "mean_confidence"
 
 # Bytes per pixel of each supported encoding (the C of the (H, W, C) array run() takes).
 ENCODING_CHANNELS: dict[str, int] = {
@@ -62,7 +65,7 @@ _YUV_LAYOUT: dict[str, tuple[int, int]] = {
 }
 MAX_PLANS = 4
 # Bytes that the plans kept between frames may hold together: MAX_PLANS 1920x1080 rgb8 plans
-# fit on the CPU (46 MiB each), three on CUDA (about 66 MiB each, host and device); a frame
+# fit on the CPU (49 MiB each), three on CUDA (about 70 MiB each, host and device); a frame
 # needing more than the budget is planned for itself alone.
 PLAN_BUDGET = 256 * 2**20
 
@@ -104,7 +107,9 @@ class EngineResult:
     label: np.ndarray | None    # (H, W) uint8 class ids
     color: np.ndarray | None    # (H, W, 3) uint8 RGB colour mask
     overlay: np.ndarray | None  # (H, W, 3) uint8 RGB, image blended with the colour mask
+    confidence: np.ndarray | None  # (H, W) uint8, top-class softmax probability x 255
     class_fractions: np.ndarray  # (num_classes,) float32 fraction of pixels per class
+    mean_confidence: float | None  # mean top-class probability over the frame's pixels
     timings_ms: dict[str, float]
     model_size: tuple[int, int] = (0, 0)  # the (height, width) the network ran at
     replanned: bool = False               # this frame made a new plan (new size or encoding)
@@ -128,16 +133,21 @@ class _Plan:
     dev_label: torch.Tensor        # (H, W) uint8
     dev_color: torch.Tensor        # (H, W, 3) uint8
     dev_overlay: torch.Tensor      # (H, W, 3) uint8
+    dev_confidence: torch.Tensor   # (H, W) uint8
     dev_counts: torch.Tensor       # (num_classes,) float32 pixel counts
+    dev_mean_confidence: torch.Tensor  # (1,) float32
     rows_first: bool               # upsample rows first: (H, w) is smaller than (h, W)
     tmp_label: torch.Tensor | None  # (H, w) or (h, W) intermediates of the upsampling
     tmp_color: torch.Tensor | None
+    tmp_confidence: torch.Tensor | None
     yuv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # luma, u, v workspaces
     keep: torch.Tensor             # 0-dim float32, 1 - overlay alpha (a graph input)
     host_label: torch.Tensor
     host_color: torch.Tensor
     host_overlay: torch.Tensor
+    host_confidence: torch.Tensor
     host_counts: torch.Tensor
+    host_mean_confidence: torch.Tensor
     graphs: dict[frozenset[str], object] = field(default_factory=dict)
     graph_pool: object | None = None
     graph_failed: bool = False
@@ -217,8 +227,14 @@ class SegmentationEngine:
         return self.card.num_classes
 
     def run(self, image: np.ndarray, encoding: str = "rgb8",
-            outputs: frozenset[str] = ALL_OUTPUTS, alpha: float = 0.5) -> EngineResult:
-        """Segment one (H, W, C) uint8 frame (a strided view is fine)."""
+            outputs: frozenset[str] = ALL_OUTPUTS, alpha: float = 0.5,
+            mean_confidence: bool = False) -> EngineResult:
+        """Segment one (H, W, C) uint8 frame (a strided view is fine).
+
+        ``outputs``: the images to make.  The top-class probability costs a softmax at the
+        network's size: it is computed only for the ``confidence`` image or, alone, when
+        ``mean_confidence`` asks for the frame's mean (given either way with the image).
+        """
         start = time.perf_counter()
         image = _as_hwc(image, encoding)
         outputs = frozenset(outputs)
@@ -231,15 +247,18 @@ class SegmentationEngine:
         plan, replanned = self._plan_for(height, width, encoding)
         np.copyto(plan.host_in.numpy(), image)
         plan.keep.fill_(1.0 - alpha)
+        with_mean = mean_confidence or "confidence" in outputs
         copied = time.perf_counter()
-        self._execute(plan, outputs)
+        self._execute(plan, outputs | {MEAN_CONFIDENCE} if with_mean else outputs)
         done = time.perf_counter()
         fractions = plan.host_counts.numpy() / float(height * width)
         return EngineResult(
             label=plan.host_label.numpy() if "label" in outputs else None,
             color=plan.host_color.numpy() if "color" in outputs else None,
             overlay=plan.host_overlay.numpy() if "overlay" in outputs else None,
+            confidence=plan.host_confidence.numpy() if "confidence" in outputs else None,
             class_fractions=fractions.astype(np.float32),
+            mean_confidence=float(plan.host_mean_confidence[0]) if with_mean else None,
             timings_ms={"copy_in": (copied - start) * 1e3, "compute": (done - copied) * 1e3,
                         "total": (done - start) * 1e3},
             model_size=plan.model_hw, replanned=replanned)
@@ -301,15 +320,18 @@ class SegmentationEngine:
         pixels, model_pixels = height * width, mh * mw
         same = (mh, mw) == (height, width)
         per_pixel = ENCODING_CHANNELS[encoding] * (2 if cuda else 1)  # host_in (+ dev_in)
-        per_pixel += 12 + 7 + (7 if cuda else 0)  # rgb; label, colour, overlay (+ host copies)
+        # rgb; label, colour, overlay, confidence (+ host copies)
+        per_pixel += 12 + 8 + (8 if cuda else 0)
         per_pixel += 12 if same else 0            # norm
         per_pixel += 4 if encoding in _YUV_LAYOUT else 0  # luma
         total = per_pixel * pixels + 4 * model_pixels + 4  # pixel weights, keep
         if encoding in _YUV_LAYOUT:
             total += 2 * 4 * height * (width // 2)          # u, v
         if not same:
-            total += 8 * (height + width) + 4 * min(height * mw, mh * width)  # indices, tmp
-        return total + 4 * self.card.num_classes * (2 if cuda else 1)  # counts
+            # indices; label, colour and confidence intermediates (the smaller order)
+            total += 8 * (height + width) + 5 * min(height * mw, mh * width)
+        # counts, mean confidence (+ host copies)
+        return total + (4 * self.card.num_classes + 4) * (2 if cuda else 1)
 
     def _make_plan(self, height: int, width: int, encoding: str, pinned: bool = True
                    ) -> _Plan:
@@ -344,7 +366,9 @@ class SegmentationEngine:
         dev_label = torch.empty(height, width, **u8)
         dev_color = torch.empty(height, width, 3, **u8)
         dev_overlay = torch.empty(height, width, 3, **u8)
+        dev_confidence = torch.empty(height, width, **u8)
         dev_counts = torch.zeros(self.card.num_classes, **f32)
+        dev_mean_confidence = torch.zeros(1, **f32)
         return _Plan(
             height=height, width=width, encoding=encoding, model_hw=model_hw,
             host_in=host_in, dev_in=torch.empty_like(host_in, device=dev) if cuda else host_in,
@@ -352,15 +376,20 @@ class SegmentationEngine:
             norm=torch.empty(1, 3, height, width, **f32) if same else None,
             rows=rows, cols=cols, pixel_weight=pixel_weight,
             dev_label=dev_label, dev_color=dev_color, dev_overlay=dev_overlay,
-            dev_counts=dev_counts,
+            dev_confidence=dev_confidence, dev_counts=dev_counts,
+            dev_mean_confidence=dev_mean_confidence,
             rows_first=rows_first,
             tmp_label=None if same else torch.empty(*tmp_hw, **u8),
             tmp_color=None if same else torch.empty(*tmp_hw, 3, **u8),
+            tmp_confidence=None if same else torch.empty(*tmp_hw, **u8),
             yuv=yuv, keep=torch.zeros((), **f32),
             host_label=host(height, width) if cuda else dev_label,
             host_color=host(height, width, 3) if cuda else dev_color,
             host_overlay=host(height, width, 3) if cuda else dev_overlay,
+            host_confidence=host(height, width) if cuda else dev_confidence,
             host_counts=host(self.card.num_classes, dtype=torch.float32) if cuda else dev_counts,
+            host_mean_confidence=host(1, dtype=torch.float32) if cuda
+            else dev_mean_confidence,
         )
 
     # ------------------------------------------------------------------------------------
@@ -395,9 +424,16 @@ class SegmentationEngine:
             x.mul_(self._scale).add_(self._shift)
         else:
             x = torch.mul(image, self._scale, out=plan.norm).add_(self._shift)
-        small = _argmax_classes(self.model(x))  # (h, w) int64
+        small, probability = _top_class(self.model(x), MEAN_CONFIDENCE in outputs)
         flat = small.reshape(-1)
         plan.dev_counts.zero_().index_add_(0, flat, plan.pixel_weight)
+        if probability is not None:
+            # Weighted as class_fractions: each model pixel by the input pixels it stands for.
+            torch.dot(probability.reshape(-1), plan.pixel_weight,
+                      out=plan.dev_mean_confidence[0]).div_(plan.height * plan.width)
+            if "confidence" in outputs:
+                byte = probability.mul_(255.0).round_().to(torch.uint8)
+                _upsample(byte, plan, plan.dev_confidence, plan.tmp_confidence)
         if "label" in outputs:
             _upsample(small.to(torch.uint8), plan, plan.dev_label, plan.tmp_label)
         if "color" in outputs or "overlay" in outputs:
@@ -413,7 +449,10 @@ class SegmentationEngine:
             for name in outputs:
                 dst, src = {"label": (plan.host_label, plan.dev_label),
                             "color": (plan.host_color, plan.dev_color),
-                            "overlay": (plan.host_overlay, plan.dev_overlay)}[name]
+                            "overlay": (plan.host_overlay, plan.dev_overlay),
+                            "confidence": (plan.host_confidence, plan.dev_confidence),
+                            MEAN_CONFIDENCE: (plan.host_mean_confidence,
+                                              plan.dev_mean_confidence)}[name]
                 dst.copy_(src, non_blocking=True)
 
     def _capture(self, plan: _Plan, outputs: frozenset[str]) -> object | None:
@@ -476,20 +515,34 @@ def _as_hwc(image: np.ndarray, encoding: str) -> np.ndarray:
     return image
 
 
-def _argmax_classes(logits: torch.Tensor) -> torch.Tensor:
-    """Class of each pixel of (1, C, h, w) logits as (h, w) int64, first maximum on ties."""
-    if logits.device.type != "cpu":
-        return logits[0].argmax(dim=0)
-    # On the CPU argmax over the channel dimension walks memory C strides apart (50 ms at
-    # 360x480); a running maximum over contiguous channel planes is ~10x faster.
+def _top_class(logits: torch.Tensor, probability: bool
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Class of each pixel of (1, C, h, w) logits as (h, w) int64 (first maximum on ties)
+    and, on request, its softmax probability as (h, w) float32 (1 / sum_c exp(logit_c - max)),
+    in float32 whatever the network's precision."""
     planes = logits[0]
+    if logits.device.type != "cpu":
+        index = planes.argmax(dim=0)
+        if not probability:
+            return index, None
+        planes = planes.float()
+        return index, torch.exp(planes - planes.amax(dim=0)).sum(dim=0).reciprocal_()
+    # On the CPU argmax over the channel dimension walks memory C strides apart (50 ms at
+    # 360x480); a running maximum over contiguous channel planes is ~10x faster.  The
+    # probability reuses that maximum: 4 ms more at 360x480 with 11 classes, one thread.
     best = planes[0].clone()
     index = torch.zeros(best.shape, dtype=torch.int64)
     for c in range(1, planes.shape[0]):
         better = planes[c] > best
         torch.maximum(best, planes[c], out=best)
         index.masked_fill_(better, c)
-    return index
+    if not probability:
+        return index, None
+    total = torch.zeros_like(best)
+    scratch = torch.empty_like(best)
+    for c in range(planes.shape[0]):
+        total.add_(torch.sub(planes[c], best, out=scratch).exp_())
+    return index, total.reciprocal_()
 
 
 def _nearest_index(size_out: int, size_in: int, device: torch.device) -> torch.Tensor:
@@ -545,5 +598,5 @@ def _to_rgb(src: torch.Tensor, encoding: str, out: torch.Tensor,
     out.round_().clamp_(0.0, 255.0)
 
 
-__all__ = ["ALL_OUTPUTS", "ENCODING_CHANNELS", "DeviceError", "EngineResult", "ModelCard",
-           "SegmentationEngine", "resolve_device"]
+__all__ = ["ALL_OUTPUTS", "ENCODING_CHANNELS", "MEAN_CONFIDENCE", "DeviceError", "EngineResult",
+           "ModelCard", "SegmentationEngine", "resolve_device"]

@@ -132,3 +132,20 @@ class CameraStats:
         else:
             snap["latency_p50_ms"] = snap["latency_p99_ms"] = float("nan")
         return snap
+
+
+class RunningMean:
+    """Thread-safe mean of the last ``window`` values (a camera's recent mean confidence)."""
+
+    def __init__(self, window: int) -> None:
+        self._values: deque[float] = deque(maxlen=window)
+        self._lock = threading.Lock()
+
+    def add(self, value: float) -> None:
+        with self._lock:
+            self._values.append(value)
+
+    def mean(self) -> float | None:
+        """The mean of the values kept; None before the first."""
+        with self._lock:
+            return sum(self._values) / len(self._values) if self._values else None

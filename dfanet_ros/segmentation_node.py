@@ -1,15 +1,19 @@
 """The DFANet segmentation node: camera images in; label maps, colour masks, overlays out.
 
-Topics, for each camera topic ``<ns>/<name>`` in ``camera_topics`` (relative names resolve in
-the node's namespace, so ``-r`` remapping and launch namespaces work as usual):
+Topics, for each camera topic in ``camera_topics`` (default ``camera/image_raw``, relative:
+it moves with the node's namespace), resolved as every ROS topic is (namespace, then ``-r``
+remapping) to ``<ns>/<name>``; the outputs derive from that resolved name, so a namespace or a
+remap of the camera moves them together:
 
     <ns>/<name>                      sensor_msgs/Image, or CompressedImage (``.../compressed``
                                      or ``compressed: true``)
     <ns>/segmentation/label          sensor_msgs/Image mono8, class id per pixel
     <ns>/segmentation/color          sensor_msgs/Image rgb8, colour of each pixel's class
     <ns>/segmentation/overlay        sensor_msgs/Image rgb8, camera image blended with color
-    <ns>/segmentation/info           dfanet_ros/SegmentationInfo, class fractions and latency
-    segmentation/class_map           dfanet_ros/ClassMap, once, reliable + transient local
+    <ns>/segmentation/confidence     sensor_msgs/Image mono8, top-class probability x 255
+    <ns>/segmentation/info           dfanet_ros/SegmentationInfo, class fractions, mean
+                                     confidence and latency
+    segmentation/class_map           dfanet_ros/ClassMap, reliable + transient local
     /diagnostics                     diagnostic_msgs/DiagnosticArray, one status per camera
 
 Every output carries its camera frame's header and is computed only while someone subscribes
@@ -17,16 +21,20 @@ to it.  The subscription callback validates the frame's fields and leaves it in 
 slot; a worker thread per camera takes the newest frame, so the node never builds a backlog
 and counts every frame a newer one replaced.
 
-Lifecycle: configure loads and checks the checkpoint (and the device), activate creates the
-publishers, subscriptions and workers, deactivate removes them and frees the engine's
-buffers, cleanup forgets the model.  With ``autostart`` (the default) the node walks itself to
-active; if configuring fails it logs one error line and the process exits with status 1.
+Lifecycle: configure loads and checks the checkpoint (and the device) and creates the
+(lifecycle) publishers; activate publishes the class map and starts the subscriptions and
+workers; deactivate stops them and frees the engine's buffers, keeping the publishers, so
+the latched class map stays available; cleanup removes the publishers and forgets the model.
+With ``autostart`` the node walks itself to active; if that fails it logs one error line and
+the process exits with status 1.  The launch file leaves ``autostart`` off and drives the
+transitions itself (or leaves them to a lifecycle manager).
 
 Without ros2cli:  ``dfanet-segmentation-node --ros-args -p checkpoint:=model.safetensors
--r image:=/camera/image_raw``  (or ``python -m dfanet_ros.segmentation_node ...``).
+-r camera/image_raw:=/front/image_raw``  (or ``python -m dfanet_ros.segmentation_node ...``).
 """
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -65,13 +73,15 @@ from .conversions import (
     compressed_to_array,
     image_to_array,
 )
-from .frame_stats import CameraStats, LatestSlot
+from .frame_stats import CameraStats, LatestSlot, RunningMean
 
 NODE_NAME = "dfanet_segmentation"
+DEFAULT_CAMERA_TOPIC = "camera/image_raw"
 CLASS_MAP_TOPIC = "segmentation/class_map"
-IMAGE_OUTPUTS = ("label", "color", "overlay")
-OUTPUT_ENCODINGS = {"label": "mono8", "color": "rgb8", "overlay": "rgb8"}
+IMAGE_OUTPUTS = ("label", "color", "overlay", "confidence")
+OUTPUT_ENCODINGS = {"label": "mono8", "color": "rgb8", "overlay": "rgb8", "confidence": "mono8"}
 WARN_PERIOD_S = 5.0
+CONFIDENCE_WINDOW = 30  # frames in a camera's running mean confidence
 
 
 # name, default, description, (min, max) for numbers, changes at run time.  "Read on
@@ -90,8 +100,8 @@ PARAMETERS: tuple[tuple[str, Any, str, tuple[float, float] | None, bool], ...] =
      "-1 = each image's own size (set model_width alike)", (-1, 16384), False),
     ("model_width", 0, "network input width: 0 = the checkpoint's training size, "
      "-1 = each image's own size", (-1, 16384), False),
-    ("camera_topics", ["image"], "camera image topics; outputs go to "
-     "<camera namespace>/segmentation/*", None, False),
+    ("camera_topics", [DEFAULT_CAMERA_TOPIC], "camera image topics, relative ones in the "
+     "node's namespace; outputs go to <resolved camera namespace>/segmentation/*", None, False),
     ("compressed", False, "subscribe to sensor_msgs/CompressedImage on every camera topic "
      "(topics ending in /compressed always are)", None, False),
     ("input_reliability", "best_effort", "camera subscription reliability: best_effort or "
@@ -105,7 +115,12 @@ PARAMETERS: tuple[tuple[str, Any, str, tuple[float, float] | None, bool], ...] =
     ("publish_label", True, "publish segmentation/label", None, True),
     ("publish_color", True, "publish segmentation/color", None, True),
     ("publish_overlay", True, "publish segmentation/overlay", None, True),
+    ("publish_confidence", True, "publish segmentation/confidence", None, True),
     ("publish_info", True, "publish segmentation/info", None, True),
+    ("min_mean_confidence", 0.5, "a camera's /diagnostics status is WARN while its running "
+     f"mean confidence (last {CONFIDENCE_WINDOW} frames) is below this (0: never; the "
+     "confidence is then computed only for confidence and info subscribers)", (0.0, 1.0),
+     True),
     ("max_image_pixels", 4096 * 4096, "frames with more pixels are refused as bad input",
      (1, 1 << 30), False),
     ("diagnostics_period", 1.0, "seconds between /diagnostics messages (0: none)",
@@ -138,6 +153,7 @@ class _Camera:
     topic: str
     compressed: bool
     stats: CameraStats = field(default_factory=CameraStats)
+    confidence: RunningMean = field(default_factory=lambda: RunningMean(CONFIDENCE_WINDOW))
     slot: LatestSlot = field(default_factory=LatestSlot)
     subscription: Any = None
     publishers: dict[str, Any] = field(default_factory=dict)
@@ -189,76 +205,106 @@ class SegmentationNode(LifecycleNode):
                                         fp16=config["fp16"], model_size=config["model_size"],
                                         use_cuda_graph=config["use_cuda_graph"],
                                         backend=config["backend"])
+            self._config, self.engine = config, engine
+            self._create_publishers(config)
         except (CheckpointError, DeviceError, ValueError) as e:
-            self.get_logger().error(f"cannot configure: {e}")
-            return TransitionCallbackReturn.FAILURE
+            return self._configure_failed(str(e))
         except Exception as e:  # e.g. a backend that fails to build: still one clear line
-            self.get_logger().error(f"cannot configure: {type(e).__name__}: {e}")
-            return TransitionCallbackReturn.FAILURE
-        self._config, self.engine = config, engine
+            return self._configure_failed(f"{type(e).__name__}: {e}")
         self.get_logger().info(
             f"configured: DFANet {engine.card.variant} ({engine.card.num_classes} "
             f"{engine.card.dataset or 'unknown'} classes) from {config['checkpoint']} on "
-            f"{engine.device}{' fp16' if engine.fp16 else ''} ({engine.backend})")
+            f"{engine.device}{' fp16' if engine.fp16 else ''} ({engine.backend}); " + ", ".join(
+                f"{c.topic} -> {output_topic(c.topic, '*')}" for c in self._cameras))
         return TransitionCallbackReturn.SUCCESS
 
-    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        config = self._config
+    def _configure_failed(self, reason: str) -> TransitionCallbackReturn:
+        self.get_logger().error(f"cannot configure: {reason}")
+        self._destroy_publishers()
+        self._forget_engine()
+        return TransitionCallbackReturn.FAILURE
+
+    def _create_publishers(self, config: dict[str, Any]) -> None:
+        """Lifecycle publishers of every output (ros2/demos lifecycle_py): made here, so that
+        they, and the latched class map, outlive a deactivate.  Camera topics are resolved
+        (namespace and remapping) first; each camera's outputs derive from its resolved name."""
         out_qos = _qos(config["output_reliability"], config["output_depth"])
-        in_qos = _qos(config["input_reliability"], config["input_depth"])
         latched = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                              reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self._class_map_pub = self.create_lifecycle_publisher(ClassMap, CLASS_MAP_TOPIC, latched)
+        for name in config["camera_topics"]:
+            try:
+                topic = self.resolve_topic_name(name)
+            except Exception as e:  # rclpy's RCLError, with the rule the name breaks
+                reason = str(e).split(", at ")[0].removeprefix("failed to resolve name: ")
+                raise ValueError(f"camera topic {name!r}: {reason}") from None
+            compressed = config["compressed"] or topic.endswith("/compressed")
+            camera = _Camera(topic, compressed,
+                             stats=self._stats.setdefault(topic, CameraStats()))
+            self._cameras.append(camera)  # first, so that a failure below undoes it too
+            for out in IMAGE_OUTPUTS:
+                camera.publishers[out] = self.create_lifecycle_publisher(
+                    Image, output_topic(topic, out), out_qos)
+            camera.publishers["info"] = self.create_lifecycle_publisher(
+                SegmentationInfo, output_topic(topic, "info"), out_qos)
+        if len({c.topic for c in self._cameras}) != len(self._cameras):
+            raise ValueError("camera_topics resolve to the same topic twice: "
+                             f"{[c.topic for c in self._cameras]}")
+        if config["diagnostics_period"] > 0:
+            self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics",
+                                                             10)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        in_qos = _qos(self._config["input_reliability"], self._config["input_depth"])
+        result = super().on_activate(state)  # enables the lifecycle publishers
+        if result != TransitionCallbackReturn.SUCCESS:
+            return result
         try:
-            self._class_map_pub = self.create_publisher(ClassMap, CLASS_MAP_TOPIC, latched)
             self._class_map_pub.publish(self._class_map())
-            for topic in config["camera_topics"]:
-                compressed = config["compressed"] or topic.endswith("/compressed")
-                camera = _Camera(topic, compressed, stats=self._stats.setdefault(
-                    topic, CameraStats()))
-                self._cameras.append(camera)  # first, so that a failure below undoes it too
-                for out in IMAGE_OUTPUTS:
-                    camera.publishers[out] = self.create_publisher(
-                        Image, output_topic(topic, out), out_qos)
-                camera.publishers["info"] = self.create_publisher(
-                    SegmentationInfo, output_topic(topic, "info"), out_qos)
-                camera.worker = threading.Thread(target=self._work, args=(camera,),
-                                                 name=f"segment {topic}", daemon=True)
+            for camera in self._cameras:
+                camera.slot = LatestSlot()
+                camera.worker = threading.Thread(target=self._work, args=(camera, camera.slot),
+                                                 name=f"segment {camera.topic}", daemon=True)
                 camera.worker.start()
                 camera.subscription = self._subscribe(camera, in_qos)
-            if config["diagnostics_period"] > 0:
-                self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-                self._diag_timer = self.create_timer(config["diagnostics_period"],
+            if self._diag_pub is not None:
+                self._diag_timer = self.create_timer(self._config["diagnostics_period"],
                                                      self._publish_diagnostics)
-        except Exception as e:  # a bad topic name, for one: undo what was made
+        except Exception as e:  # undo what was made
             self.get_logger().error(f"cannot activate: {e}")
-            self._teardown()
+            self._stop_processing()
+            super().on_deactivate(state)
             return TransitionCallbackReturn.FAILURE
-        self.get_logger().info("active: " + ", ".join(
-            f"{c.topic} -> {output_topic(c.topic, '*')}" for c in self._cameras))
-        return super().on_activate(state)
+        self.get_logger().info("active")
+        return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._teardown()
+        self._stop_processing()
         self.get_logger().info("inactive: unsubscribed, engine buffers released")
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._destroy_publishers()
         self._forget_engine()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._teardown()
-        self._forget_engine()
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._teardown()
-        self._forget_engine()
         return TransitionCallbackReturn.SUCCESS
 
     def _teardown(self) -> None:
-        """Undo activate: subscriptions, workers, publishers, timer; free engine buffers.
+        """Undo everything: processing, publishers, model."""
+        self._stop_processing()
+        self._destroy_publishers()
+        self._forget_engine()
+
+    def _stop_processing(self) -> None:
+        """Undo activate: subscriptions, workers and timer; free the engine's buffers.
 
         Waits for at most the one frame the engine is running (every worker checks its closed
         slot before it starts another), so the lifecycle services are never held longer.
@@ -266,24 +312,30 @@ class SegmentationNode(LifecycleNode):
         for camera in self._cameras:
             if camera.subscription is not None:
                 self.destroy_subscription(camera.subscription)
+                camera.subscription = None
             camera.slot.close()
         with self._engine_lock:  # the frame in flight, if any, ends here
             if self.engine is not None:
                 self.engine.release()
         for camera in self._cameras:
             if camera.worker is not None and camera.worker.is_alive():
-                # It is publishing its last outputs or decoding a frame it will not run; a
-                # publisher destroyed under it only makes that publish fail, quietly.
+                # It is publishing its last outputs (a deactivated lifecycle publisher does
+                # not send them) or decoding a frame it will not run: it ends on its own, on
+                # its own closed slot, even if a later activate gives the camera a new one.
                 camera.worker.join(timeout=1.0)
-            for pub in camera.publishers.values():
-                self.destroy_publisher(pub)
-        self._cameras = []
+            camera.worker = None
         if self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)
-        for pub in (self._diag_pub, self._class_map_pub):
+            self._diag_timer = None
+
+    def _destroy_publishers(self) -> None:
+        """Undo configure's publishers (after _stop_processing)."""
+        pubs = [p for c in self._cameras for p in c.publishers.values()]
+        for pub in (*pubs, self._diag_pub, self._class_map_pub):
             if pub is not None:
-                self.destroy_publisher(pub)
-        self._diag_timer = self._diag_pub = self._class_map_pub = None
+                self.destroy_lifecycle_publisher(pub)
+        self._cameras = []
+        self._diag_pub = self._class_map_pub = None
 
     def _forget_engine(self) -> None:
         with self._engine_lock:
@@ -374,24 +426,30 @@ class SegmentationNode(LifecycleNode):
         if camera.slot.put((msg, received, self.get_clock().now().nanoseconds)):
             camera.stats.count("dropped")
 
-    def _work(self, camera: _Camera) -> None:
-        """Worker thread of one camera: segment and publish the newest frame, forever."""
-        while not camera.slot.closed:
-            item = camera.slot.take(timeout=0.5)
+    def _work(self, camera: _Camera, slot: LatestSlot) -> None:
+        """Worker thread of one camera: segment and publish the newest frame of ``slot`` (this
+        activation's) until deactivate closes it."""
+        while not slot.closed:
+            item = slot.take(timeout=0.5)
             if item is None:
                 continue
             try:
-                self._process(camera, *item)
+                self._process(camera, *item, slot=slot)
             except Exception as e:  # never let one frame end the camera's worker
-                if camera.slot.closed or not self.context.ok():
+                if slot.closed or not self.context.ok():
                     return
                 self._bad_frame(camera, BadImage("engine", f"{type(e).__name__}: {e}"))
 
-    def _process(self, camera: _Camera, msg: Any, received: float, received_ns: int) -> None:
+    def _process(self, camera: _Camera, msg: Any, received: float, received_ns: int,
+                 slot: LatestSlot | None = None) -> None:
         pubs, switches = camera.publishers, self._dynamic
+        slot = camera.slot if slot is None else slot
         wanted = frozenset(out for out in IMAGE_OUTPUTS if switches[f"publish_{out}"]
                            and pubs[out].get_subscription_count() > 0)
         want_info = switches["publish_info"] and pubs["info"].get_subscription_count() > 0
+        # The running mean for /diagnostics needs every frame's; otherwise info asks for it.
+        want_mean = want_info or (switches["min_mean_confidence"] > 0
+                                  and self._diag_pub is not None)
         if not wanted and not want_info:
             camera.stats.count("unwatched")
             return
@@ -408,9 +466,10 @@ class SegmentationNode(LifecycleNode):
         with self._engine_lock:
             # Deactivate closes the slot, then waits for this lock: a frame taken before that
             # but not started yet is not run, so deactivate waits for one frame's work at most.
-            if self.engine is None or camera.slot.closed:
+            if self.engine is None or slot.closed:
                 return
-            result = self.engine.run(pixels, encoding, wanted, switches["overlay_alpha"])
+            result = self.engine.run(pixels, encoding, wanted, switches["overlay_alpha"],
+                                     mean_confidence=want_mean)
             inferred = time.perf_counter()
             if result.replanned:
                 self.get_logger().info(
@@ -423,11 +482,14 @@ class SegmentationNode(LifecycleNode):
             pubs[out].publish(image)
         published = time.perf_counter()
         sent = sorted(wanted)
+        if result.mean_confidence is not None:
+            camera.confidence.add(result.mean_confidence)
         if want_info:
             h, w = result.model_size
             stamp = msg.header.stamp
             pubs["info"].publish(SegmentationInfo(
                 header=msg.header, class_fractions=result.class_fractions.tolist(),
+                mean_confidence=result.mean_confidence,
                 decode_ms=(decoded - start) * 1e3, inference_ms=(inferred - decoded) * 1e3,
                 publish_ms=(published - inferred) * 1e3, total_ms=(published - received) * 1e3,
                 stamp_age_ms=(received_ns - (stamp.sec * 10**9 + stamp.nanosec)) / 1e6,
@@ -463,13 +525,19 @@ class SegmentationNode(LifecycleNode):
         for camera in self._cameras:
             snap = camera.stats.snapshot()
             level, message = DiagnosticStatus.OK, "running"
+            confidence, floor = camera.confidence.mean(), self._dynamic["min_mean_confidence"]
             if snap["frames_bad_since_last_report"]:
                 level = DiagnosticStatus.WARN
                 message = f"{snap['frames_bad_since_last_report']} bad frame(s)"
+            elif confidence is not None and confidence < floor:
+                level = DiagnosticStatus.WARN
+                message = (f"mean confidence {confidence:.2f} below {floor:.2f}: the scene may "
+                           "be unlike the training data")
             elif not snap["frames_processed"]:
                 message = "waiting for frames" if not snap["frames_received"] \
                     else "no subscriber to any output"
             values = {"topic": camera.topic, "device": self._device_name(), "model": model,
+                      "mean_confidence": "n/a" if confidence is None else confidence,
                       "model_size": "checkpoint" if size is None else
                       "input" if size == (0, 0) else f"{size[0]}x{size[1]}", **snap}
             array.status.append(DiagnosticStatus(
@@ -514,6 +582,9 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Ctrl-C under ros2 launch reaches the node twice (from the terminal, then forwarded
+        # by launch): a second SIGINT must not cut the teardown short (exit -2, an ERROR line).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             node._teardown()
             node.destroy_node()

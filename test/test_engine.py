@@ -48,16 +48,27 @@ def frame(sample_camvid):
     return read_rgb(sorted((sample_camvid / "test").glob("*.jpg"))[0])  # 360x480
 
 
-def eager_labels(checkpoint, rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The plain way: load_model, resize, normalise, forward, argmax, nearest resize back."""
+def eager_logits(checkpoint, rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """The plain way: load_model, resize, normalise, forward."""
     model, card = load_model(checkpoint)
     x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float()
     x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     x = (x / 255 - torch.tensor(card.mean).view(1, 3, 1, 1)) / torch.tensor(card.std).view(
         1, 3, 1, 1)
     with torch.no_grad():
-        labels = model(x).argmax(1, keepdim=True).to(torch.uint8)
+        return model(x)
+
+
+def eager_labels(checkpoint, rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Argmax of the plain logits, nearest resize back to the image's size."""
+    labels = eager_logits(checkpoint, rgb, size).argmax(1, keepdim=True).to(torch.uint8)
     return F.interpolate(labels, size=rgb.shape[:2], mode="nearest")[0, 0].numpy()
+
+
+def eager_confidence(checkpoint, rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Top-class softmax probability of the plain logits at the image's size (float)."""
+    top = eager_logits(checkpoint, rgb, size).softmax(1).amax(1, keepdim=True)
+    return F.interpolate(top, size=rgb.shape[:2], mode="nearest")[0, 0].numpy()
 
 
 def blend(rgb: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:
@@ -156,9 +167,29 @@ def test_mono8_as_2d_array_and_padded_rows(engine, frame):
     assert np.array_equal(engine.run(view).label, engine.run(frame.copy()).label)
 
 
+def test_confidence_is_the_top_class_softmax_probability(checkpoint, engine, frame):
+    r = engine.run(frame, outputs=frozenset({"confidence"}))
+    reference = eager_confidence(checkpoint, frame, SMALL_INPUT)
+    assert r.confidence.shape == frame.shape[:2] and r.confidence.dtype == np.uint8
+    assert reference.std() > 0.02, "test checkpoint is equally sure everywhere"
+    # Batch norm is folded in the engine: a rounding step may differ, nothing more.
+    diff = np.abs(r.confidence.astype(int) - np.round(reference * 255).astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+    # The top class of C has probability >= 1/C.
+    assert r.confidence.min() >= np.floor(255 / CAMVID.num_classes)
+    assert r.mean_confidence == pytest.approx(float(reference.mean()), abs=1e-4)
+    assert abs(r.confidence.mean() / 255 - r.mean_confidence) < 1 / 255
+    assert r.label is None and r.color is None
+
+
 def test_output_subsets(engine, frame):
     r = engine.run(frame, outputs=frozenset({"label"}))
     assert r.label is not None and r.color is None and r.overlay is None
+    assert r.confidence is None and r.mean_confidence is None  # no softmax unless asked
+    alone = engine.run(frame, outputs=frozenset(), mean_confidence=True)
+    assert alone.confidence is None and alone.label is None
+    with_image = engine.run(frame, outputs=frozenset({"confidence"}))
+    assert alone.mean_confidence == pytest.approx(with_image.mean_confidence, abs=1e-6)
     r = engine.run(frame, outputs=frozenset())
     assert r.label is None and abs(float(r.class_fractions.sum()) - 1.0) < 1e-5
     r = engine.run(frame, outputs=frozenset({"overlay"}))
@@ -185,10 +216,10 @@ def test_a_new_size_plans_once_and_logs(engine, frame, caplog):
 
 
 def plan_bound(height: int, width: int, model_hw: tuple[int, int]) -> int:
-    """What the engine promises a plan costs on the CPU: 41 bytes per input pixel, 16 per row
+    """What the engine promises a plan costs on the CPU: 42 bytes per input pixel, 16 per row
     and column (index vectors), and terms of the model's size only, whatever the aspect."""
     pixels, model_pixels = height * width, model_hw[0] * model_hw[1]
-    return 41 * pixels + 16 * (height + width) + 8 * max(pixels, model_pixels) + 4096
+    return 42 * pixels + 16 * (height + width) + 9 * max(pixels, model_pixels) + 4096
 
 
 @settings(max_examples=40, deadline=None, database=None,
@@ -196,7 +227,8 @@ def plan_bound(height: int, width: int, model_hw: tuple[int, int]) -> int:
 @given(long_side=st.integers(20_000, 400_000), short_side=st.integers(1, 4),
        tall=st.booleans(), encoding=st.sampled_from(["mono8", "rgb8", "bgra8", "yuyv"]),
        outputs=st.sampled_from([frozenset({"label"}), frozenset({"overlay"}),
-                                frozenset({"label", "color", "overlay"})]))
+                                frozenset({"confidence"}),
+                                frozenset({"label", "color", "overlay", "confidence"})]))
 def test_memory_follows_pixels_whatever_the_aspect_ratio(engine, long_side, short_side, tall,
                                                          encoding, outputs):
     """1,000,000x16 frames once made buffers of height x model width (x3): gigabytes."""
@@ -209,18 +241,23 @@ def test_memory_follows_pixels_whatever_the_aspect_ratio(engine, long_side, shor
     plan = engine._plans[(height, width, encoding)]
     assert plan.nbytes <= plan_bound(height, width, engine.model_size), (height, width)
     assert plan.nbytes == engine.plan_nbytes(height, width, encoding)  # known beforehand
+    assert plan.tmp_confidence.shape == plan.tmp_label.shape  # the same, smaller, order
     for name in outputs:
         assert getattr(result, name).shape[:2] == (height, width)
+    rows = F.interpolate(torch.arange(SMALL_INPUT[0], dtype=torch.float32)[None, None],
+                         size=height, mode="nearest").long()[0, 0].numpy()
+    cols = F.interpolate(torch.arange(SMALL_INPUT[1], dtype=torch.float32)[None, None],
+                         size=width, mode="nearest").long()[0, 0].numpy()
+    # Every output pixel copies the model pixel (rows[y], cols[x]): equal rows/cols agree.
+    first_row = np.searchsorted(rows, rows)
+    first_col = np.searchsorted(cols, cols)
     if "label" in outputs:  # nearest upsampling of the model's labels, either order
         small = engine.run(image, encoding, frozenset({"label"})).label
-        rows = F.interpolate(torch.arange(SMALL_INPUT[0], dtype=torch.float32)[None, None],
-                             size=height, mode="nearest").long()[0, 0].numpy()
-        cols = F.interpolate(torch.arange(SMALL_INPUT[1], dtype=torch.float32)[None, None],
-                             size=width, mode="nearest").long()[0, 0].numpy()
-        # Every output pixel copies the model pixel (rows[y], cols[x]): equal rows/cols agree.
-        first_row = np.searchsorted(rows, rows)
-        first_col = np.searchsorted(cols, cols)
         assert np.array_equal(small, small[first_row][:, first_col])
+    if "confidence" in outputs:  # the confidence map too, through as small an intermediate
+        confidence = engine.run(image, encoding, frozenset({"confidence"})).confidence
+        assert np.array_equal(confidence, confidence[first_row][:, first_col])
+        assert 0.0 < result.mean_confidence <= 1.0
     engine.release()
 
 
@@ -296,11 +333,16 @@ def test_device_names(checkpoint, caplog):
 def test_cuda_graph_matches_cpu(checkpoint, frame, engine):
     cpu = engine.run(frame)
     cpu_label, cpu_fractions = cpu.label.copy(), cpu.class_fractions.copy()
+    cpu_confidence = cpu.confidence.astype(int)
     gpu = SegmentationEngine(checkpoint, device="cuda", use_cuda_graph=True)
     for _ in range(3):  # first run captures, later ones replay
         r = gpu.run(frame)
     assert (r.label == cpu_label).mean() > 0.999
     assert np.allclose(r.class_fractions, cpu_fractions, atol=1e-3)
+    assert (np.abs(r.confidence.astype(int) - cpu_confidence) <= 1).mean() > 0.999
+    assert r.mean_confidence == pytest.approx(cpu.mean_confidence, abs=1e-3)
+    alone = gpu.run(frame, outputs=frozenset({"label"}), mean_confidence=True)
+    assert alone.mean_confidence == pytest.approx(cpu.mean_confidence, abs=1e-3)
     assert np.array_equal(r.color, PALETTE[r.label])
     half = SegmentationEngine(checkpoint, device="cuda", fp16=True).run(frame)
     assert (half.label == cpu_label).mean() > 0.98

@@ -4,7 +4,9 @@ from __future__ import annotations
 import math
 import threading
 
-from dfanet_ros.frame_stats import CameraStats, LatestSlot
+import pytest
+
+from dfanet_ros.frame_stats import CameraStats, LatestSlot, RunningMean
 
 
 def test_latest_slot_keeps_only_the_newest_and_reports_overwrites():
@@ -60,3 +62,11 @@ def test_sequence_numbers_count_frames_never_delivered():
     stats.count_sequence(b"camera-a", 3)
     stats.count_sequence(b"camera-a", None)  # a middleware without sequence numbers
     assert stats.snapshot()["frames_unseen"] == 5 + 1
+
+
+def test_running_mean_keeps_the_last_window():
+    mean = RunningMean(3)
+    assert mean.mean() is None
+    for value in (0.9, 0.1, 0.2, 0.3):
+        mean.add(value)
+    assert mean.mean() == pytest.approx(0.2)  # 0.9 fell out of the window

@@ -1,11 +1,16 @@
 """The launch file, parameters file, rviz view and DDS profile agree with the node.
 
-``launch`` and ``launch_ros`` do not install here, so the launch file is read with ``ast``;
-everything it names is checked against the real files and a real node process.
+``launch`` and ``launch_ros`` do not install here.  The launch file keeps its decisions in
+``plan`` (plain Python, launch imported only inside functions), so it is imported and run
+here; the node then starts as ``launch_ros`` would start it from that plan (params files in
+order, namespace, ROS arguments), and the launch's imports are checked by name against the
+real packages.
 """
 from __future__ import annotations
 
 import ast
+import importlib
+import importlib.util
 import os
 import re
 import subprocess
@@ -19,7 +24,6 @@ from helpers_ros import (
     NodeProcess,
     RosClient,
     domain_id,
-    node_command,
     ros_env,
     wait_for,
 )
@@ -33,77 +37,211 @@ PROFILE = REPO / "config" / "fastdds_large_images.xml"
 DOMAIN = domain_id(__name__)
 DECLARED = {name: default for name, default, *_ in PARAMETERS}
 
-
-def _name(call: ast.Call) -> str:
-    f = call.func
-    return f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
-
-
-def _const(node: ast.AST):
-    return node.value if isinstance(node, ast.Constant) else None
-
-
-def _kw(call: ast.Call, key: str) -> ast.AST | None:
-    return next((k.value for k in call.keywords if k.arg == key), None)
-
-
-def _module_constants(tree: ast.Module) -> dict[str, object]:
-    return {t.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
-            and isinstance(node.value, ast.Constant) for t in node.targets
-            if isinstance(t, ast.Name)}
+# What the launch file may import from launch and launch_ros, read from their rolling sources
+# (ros2/launch 02595baf, ros2/launch_ros f9ab9371, both present in Jazzy and Kilted).  A name
+# missing here is a typo (``launch_ros.action``) or needs checking there before adding.
+LAUNCH_API = {
+    "launch": {"LaunchDescription"},
+    "launch.actions": {"DeclareLaunchArgument", "EmitEvent", "LogInfo", "OpaqueFunction",
+                       "RegisterEventHandler", "SetEnvironmentVariable"},
+    "launch.event_handlers": {"OnProcessExit"},
+    "launch.events": {"Shutdown", "matches_action"},
+    "launch.substitutions": {"LaunchConfiguration"},
+    "launch_ros.actions": {"LifecycleNode", "Node"},
+    "launch_ros.event_handlers": {"OnStateTransition"},
+    "launch_ros.events.lifecycle": {"ChangeState"},
+}
 
 
 @pytest.fixture(scope="module")
-def launch_tree() -> ast.Module:
-    return ast.parse(LAUNCH.read_text(), str(LAUNCH))
+def launch():
+    """The launch file as a module, loaded as launch loads it (not registered in
+    sys.modules); it imports launch only inside its functions."""
+    spec = importlib.util.spec_from_file_location("segment_launch", LAUNCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
-def calls(launch_tree) -> list[ast.Call]:
-    return [n for n in ast.walk(launch_tree) if isinstance(n, ast.Call)]
+def defaults(launch) -> dict[str, str]:
+    return {name: default for name, default, _ in launch.ARGUMENTS}
 
 
-@pytest.fixture(scope="module")
-def arguments(calls) -> dict[str, str]:
-    """Launch arguments and their default values (as source text)."""
-    return {_const(c.args[0]): ast.unparse(_kw(c, "default_value"))
-            for c in calls if _name(c) == "DeclareLaunchArgument"}
+def plan(launch, defaults, rviz_installed: bool = True, **args: str):
+    return launch.plan({**defaults, **args}, str(REPO), rviz_installed)
 
 
-@pytest.fixture(scope="module")
-def default_camera(arguments) -> str:
-    topics = ast.literal_eval(arguments["camera_topics"]).split(",")
-    return topics[0].strip()
+def test_imports_are_real_names_and_launch_stays_optional():
+    tree = ast.parse(LAUNCH.read_text(), str(LAUNCH))
+    top_level = {n.module if isinstance(n, ast.ImportFrom) else a.name
+                 for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)
+                 for a in n.names}
+    assert top_level <= {"__future__", "os", "typing"}, top_level
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            assert all(a.name.split(".")[0] not in ("launch", "launch_ros")
+                       for a in node.names), f"line {node.lineno}: import names from launch"
+            continue
+        if not isinstance(node, ast.ImportFrom) or node.module in top_level:
+            continue
+        names = {a.name for a in node.names}
+        if node.module.split(".")[0] in ("launch", "launch_ros"):
+            assert node.module in LAUNCH_API, f"line {node.lineno}: no module {node.module}"
+            missing = names - LAUNCH_API[node.module]
+            assert not missing, f"line {node.lineno}: {node.module} has no {missing}"
+        else:  # installed here (lifecycle_msgs, ament_index_python): import for real
+            module = importlib.import_module(node.module)
+            assert all(hasattr(module, n) for n in names), (node.module, names)
 
 
-def test_launch_arguments_are_declared_and_used(launch_tree, calls, arguments):
-    assert set(arguments) >= {"camera_topics", "checkpoint", "device", "params_file", "rviz"}
-    used = {_const(c.args[0]) for c in calls if _name(c) == "LaunchConfiguration"}
-    # LaunchConfiguration(name) inside ``for name in ("a", "b")`` uses "a" and "b".
-    for loop in ast.walk(launch_tree):
-        if isinstance(loop, ast.For) and isinstance(loop.iter, ast.Tuple):
-            calls_in_loop = [c for c in ast.walk(loop) if isinstance(c, ast.Call)
-                             and _name(c) == "LaunchConfiguration"
-                             and isinstance(c.args[0], ast.Name)
-                             and c.args[0].id == loop.target.id]
-            if calls_in_loop:
-                used |= {_const(e) for e in loop.iter.elts}
-    used.discard(None)
-    assert used == set(arguments), f"undeclared: {used - set(arguments)}, " \
-                                   f"unused: {set(arguments) - used}"
+def test_every_argument_is_declared_and_used(launch):
+    names = [name for name, *_ in launch.ARGUMENTS]
+    assert set(names) >= {"camera_topics", "namespace", "checkpoint", "device", "params_file",
+                          "autostart", "use_sim_time", "log_level", "rviz", "large_images"}
+    tree = ast.parse(LAUNCH.read_text())
+    func = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "plan")
+    read = {n.slice.value for n in ast.walk(func) if isinstance(n, ast.Subscript)
+            and isinstance(n.value, ast.Name) and n.value.id == "args"
+            and isinstance(n.slice, ast.Constant)}
+    read |= {e.value for loop in ast.walk(func) if isinstance(loop, ast.For)
+             and isinstance(loop.iter, ast.Tuple) for e in loop.iter.elts}
+    assert read == set(names), f"unused: {set(names) - read}"
+    for name, _, description in launch.ARGUMENTS:
+        assert description, name
 
 
-def test_executable_is_installed(launch_tree, calls):
-    constants = _module_constants(launch_tree)
+def test_plan_with_defaults(launch, defaults):
+    p = plan(launch, defaults)
+    assert p.namespace == "" and p.autostart and p.rviz_config is None and not p.warnings
+    params_file, overrides = p.parameters  # the file first: later entries win
+    assert params_file == str(PARAMS) and PARAMS.is_file()
+    assert overrides == {"camera_topics": ["camera/image_raw"], "use_sim_time": False,
+                         "autostart": False}
+    assert set(overrides) <= set(DECLARED) | {"use_sim_time"}
+    assert p.ros_arguments == ["--log-level", "info"]
+    # Large images work by default: the profile goes to every process the launch starts.
+    assert p.environment == {"FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE)}
+    assert launch.EXECUTABLE == "segmentation_node" and launch.NODE_NAME == NODE_NAME
+    assert launch.PACKAGE == "dfanet_ros"
 
-    def value(node):
-        return constants.get(node.id) if isinstance(node, ast.Name) else _const(node)
 
-    nodes = [c for c in calls if _name(c) == "Node"]
-    ours = [c for c in nodes if value(_kw(c, "package")) == "dfanet_ros"]
-    assert len(ours) == 1
-    assert _const(_kw(ours[0], "executable")) == "segmentation_node"
-    assert _const(_kw(ours[0], "name")) == NODE_NAME
+def test_rviz_and_large_images_are_separate_switches(launch, defaults):
+    p = plan(launch, defaults, rviz="true", large_images="false")
+    assert p.rviz_config == str(RVIZ) and RVIZ.is_file() and p.environment == {}
+    p = plan(launch, defaults, rviz="false", large_images="true")
+    assert p.rviz_config is None and set(p.environment) == {"FASTDDS_DEFAULT_PROFILES_FILE"}
+    # Without rviz2: a warning, and the node still starts.
+    p = plan(launch, defaults, rviz_installed=False, rviz="true")
+    assert p.rviz_config is None and "rviz2" in p.warnings[0]
+
+
+def test_arguments_become_node_settings(launch, defaults):
+    p = plan(launch, defaults, camera_topics="front/image_raw, /rear/image_raw",
+             checkpoint="m.safetensors", device="cpu", namespace="robot1",
+             use_sim_time="true", log_level="DEBUG", autostart="false")
+    overrides = p.parameters[1]
+    assert overrides["camera_topics"] == ["front/image_raw", "/rear/image_raw"]
+    assert overrides["checkpoint"] == "m.safetensors" and overrides["device"] == "cpu"
+    assert overrides["use_sim_time"] is True and overrides["autostart"] is False
+    assert p.namespace == "robot1" and p.ros_arguments == ["--log-level", "debug"]
+    assert not p.autostart
+    # "," reaches the node as two empty topics: the node's own message refuses them.
+    assert plan(launch, defaults, camera_topics=",").parameters[1]["camera_topics"] == ["", ""]
+    with pytest.raises(ValueError, match="log_level"):
+        plan(launch, defaults, log_level="loud")
+    with pytest.raises(ValueError, match="true or false"):
+        plan(launch, defaults, autostart="maybe")
+
+
+def launched_command(p, tmp_path) -> list[str]:
+    """The command launch_ros builds for the node from a plan: each parameters entry in order
+    (a dict written to a YAML file under the node's full name), the namespace, ROS args."""
+    full_name = f"/{p.namespace}/{NODE_NAME}" if p.namespace else f"/{NODE_NAME}"
+    cmd = [sys.executable, "-m", "dfanet_ros.segmentation_node", "--ros-args",
+           "-r", f"__node:={NODE_NAME}", "-r", f"__ns:=/{p.namespace}"]
+    for i, entry in enumerate(p.parameters):
+        if isinstance(entry, dict):
+            path = tmp_path / f"launch_params_{i}.yaml"
+            path.write_text(yaml.safe_dump({full_name: {"ros__parameters": entry}}))
+            entry = path
+        cmd += ["--params-file", str(entry)]
+    return cmd + list(p.ros_arguments)
+
+
+def test_launched_node_takes_the_file_then_the_arguments(launch, defaults, tmp_path):
+    """The node as the launch starts it: overrides win over the params file, every other
+    parameter has the file's value and type, the namespace and log level apply, and
+    ``camera_topics:=,`` fails configure with the node's own message."""
+    p = plan(launch, defaults, camera_topics="front/image_raw,rear/image_raw", device="cpu",
+             namespace="robot1", log_level="debug", use_sim_time="true")
+    params = yaml.safe_load(PARAMS.read_text())["/**"]["ros__parameters"]
+    assert set(params) == set(DECLARED), "config/segment.yaml must list every parameter"
+    assert params["camera_topics"] == [defaults["camera_topics"]]
+    proc = NodeProcess(launched_command(p, tmp_path), ros_env(DOMAIN))
+    client = RosClient(DOMAIN)
+    full_name = f"robot1/{NODE_NAME}"
+    try:
+        names = wait_for(lambda: _try(client.list_parameters, full_name), 60.0,
+                         "the node's parameter services", proc)
+        assert set(DECLARED) <= set(names)
+        got = client.get_parameters(full_name, sorted(params) + ["use_sim_time"])
+        assert got["camera_topics"][1] == ["front/image_raw", "rear/image_raw"]
+        assert got["device"][1] == "cpu" and got["autostart"][1] is False
+        assert got["use_sim_time"][1] is True
+        expected_type = {bool: 1, int: 2, float: 3, str: 4, list: 9}  # rcl ParameterType
+        for name, value in params.items():
+            ptype, actual = got[name]
+            assert ptype == expected_type[type(value)], f"{name}: type {ptype}"
+            if name not in p.parameters[1]:
+                assert actual == value, f"{name}: node has {actual!r}, file {value!r}"
+        described = client.describe_parameters(full_name, sorted(DECLARED))
+        for name, _default, _, bounds, _ in PARAMETERS:
+            d = described[name]
+            assert d.description, name
+            if bounds is not None:
+                ranges = d.floating_point_range or d.integer_range
+                assert ranges and (ranges[0].from_value, ranges[0].to_value) == bounds, name
+        assert "unknown parameter" not in proc.output()
+        assert "[DEBUG]" in proc.output()
+        # camera_topics:=, as the launch passes it, then configure as the launch would.
+        comma = plan(launch, defaults, camera_topics=",").parameters[1]["camera_topics"]
+        (result,) = client.set_parameters(full_name, {"camera_topics": comma})
+        assert result.successful
+        assert not _change_state(client, full_name, 1)  # TRANSITION_CONFIGURE
+        wait_for(lambda: "camera_topics must list distinct topics" in proc.output(), 30.0,
+                 "the node's message", proc)
+    finally:
+        client.close()
+        proc.stop()
+
+
+def _change_state(client, node_name: str, transition_id: int) -> bool:
+    from lifecycle_msgs.srv import ChangeState
+
+    request = ChangeState.Request()
+    request.transition.id = transition_id
+    return client._call(ChangeState, f"/{node_name}/change_state", request, 60.0).success
+
+
+def _try(fn, *args):
+    try:
+        return fn(*args)
+    except AssertionError:
+        return None
+
+
+def test_rviz_shows_the_camera_and_every_image_output(defaults):
+    rviz = yaml.safe_load(RVIZ.read_text())
+    displays = rviz["Visualization Manager"]["Displays"]
+    topics = {d["Topic"]["Value"] for d in displays
+              if d["Class"] == "rviz_default_plugins/Image"}
+    camera = "/" + defaults["camera_topics"]  # the relative default, resolved without namespace
+    assert topics == {camera, output_topic(camera, "overlay"), output_topic(camera, "color"),
+                      output_topic(camera, "confidence")}
+
+
+def test_install_rules_cover_what_the_launch_names():
     cmake = (REPO / "CMakeLists.txt").read_text()
     assert re.search(r"install\(PROGRAMS scripts/segmentation_node DESTINATION "
                      r"lib/\$\{PROJECT_NAME\}\)", cmake)
@@ -113,76 +251,6 @@ def test_executable_is_installed(launch_tree, calls):
     assert os.access(script, os.X_OK) and script.read_text().startswith("#!/usr/bin/env python3")
     assert "from dfanet_ros.segmentation_node import main" in script.read_text()
     # test_node.py runs this script (a start-up failure and its exit status).
-
-
-def test_files_the_launch_names_exist(calls):
-    joined = [[_const(e) for e in c.args[0].elts[1:]] for c in calls
-              if _name(c) == "PathJoinSubstitution"]
-    assert ["config", "segment.yaml"] in joined and ["config", "segment.rviz"] in joined
-    assert ["config", "fastdds_large_images.xml"] in joined
-    for parts in joined:
-        assert (REPO.joinpath(*parts)).is_file(), parts
-
-
-def test_node_overrides_are_node_parameters_and_launch_arguments(launch_tree, arguments):
-    func = next(n for n in ast.walk(launch_tree)
-                if isinstance(n, ast.FunctionDef) and n.name == "_segmentation_node")
-    names = set()
-    for node in ast.walk(func):
-        if isinstance(node, ast.Dict):
-            names |= {_const(k) for k in node.keys}
-        if isinstance(node, ast.For) and isinstance(node.iter, ast.Tuple):
-            names |= {_const(e) for e in node.iter.elts}
-    assert names == {"camera_topics", "checkpoint", "device"}
-    assert names <= set(DECLARED) and names <= set(arguments)
-
-
-def test_rviz_shows_the_camera_overlay_and_colour_mask(default_camera):
-    rviz = yaml.safe_load(RVIZ.read_text())
-    displays = rviz["Visualization Manager"]["Displays"]
-    topics = {d["Topic"]["Value"] for d in displays
-              if d["Class"] == "rviz_default_plugins/Image"}
-    assert topics == {default_camera, output_topic(default_camera, "overlay"),
-                      output_topic(default_camera, "color")}
-
-
-def test_params_file_matches_the_running_node(default_camera):
-    params = yaml.safe_load(PARAMS.read_text())["/**"]["ros__parameters"]
-    assert set(params) == set(DECLARED), "config/segment.yaml must list every parameter"
-    assert params["camera_topics"] == [default_camera]
-    proc = NodeProcess(node_command({"autostart": False}, params_file=PARAMS),
-                       ros_env(DOMAIN))
-    client = RosClient(DOMAIN)
-    try:
-        names = wait_for(lambda: _try(client.list_parameters, NODE_NAME), 60.0,
-                         "the node's parameter services", proc)
-        assert set(DECLARED) <= set(names)
-        got = client.get_parameters(NODE_NAME, sorted(params))
-        expected_type = {bool: 1, int: 2, float: 3, str: 4, list: 9}  # rcl ParameterType
-        for name, value in params.items():
-            ptype, actual = got[name]
-            if name == "autostart":
-                continue  # overridden on the command line above
-            assert ptype == expected_type[type(value)], f"{name}: type {ptype}"
-            assert actual == value, f"{name}: node has {actual!r}, file {value!r}"
-        described = client.describe_parameters(NODE_NAME, sorted(DECLARED))
-        for name, _default, _, bounds, _ in PARAMETERS:
-            d = described[name]
-            assert d.description, name
-            if bounds is not None:
-                ranges = d.floating_point_range or d.integer_range
-                assert ranges and (ranges[0].from_value, ranges[0].to_value) == bounds, name
-        assert "unknown parameter" not in proc.output()
-    finally:
-        client.close()
-        proc.stop()
-
-
-def _try(fn, *args):
-    try:
-        return fn(*args)
-    except AssertionError:
-        return None
 
 
 # -- the Fast DDS profile -----------------------------------------------------------------

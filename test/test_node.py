@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 from dfanet_ros.msg import ClassMap, SegmentationInfo
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from helpers_ros import (
     REPO,
     SMALL_INPUT,
@@ -139,7 +139,8 @@ def exchange(client, node, topic: str, make_msg, outputs: dict, timeout: float =
 exchange.publishers = {}
 
 
-def collectors(client, camera: str, names=("label", "color", "overlay", "info")) -> dict:
+def collectors(client, camera: str,
+               names=("label", "color", "overlay", "confidence", "info")) -> dict:
     return {name: client.collect(SegmentationInfo if name == "info" else Image,
                                  output_topic(camera, name)) for name in names}
 
@@ -185,11 +186,14 @@ def test_outputs_match_offline_inference(client, node, engine, frame):
                         lambda s: image_message(frame, "rgb8", s, "front_camera"), cols)
     close_all(cols)
     expected = engine.run(frame)
-    for name in ("label", "color", "overlay"):
+    for name in ("label", "color", "overlay", "confidence"):
         out = got[name]
         assert out.header == msg.header, name
         assert (out.height, out.width) == frame.shape[:2], name
-        assert out.encoding == ("mono8" if name == "label" else "rgb8"), name
+        assert out.encoding == ("rgb8" if name in ("color", "overlay") else "mono8"), name
+    confidence = as_array(got["confidence"]).astype(int)
+    assert (np.abs(confidence - expected.confidence) <= 1).mean() > 0.999
+    assert got["info"].mean_confidence == pytest.approx(expected.mean_confidence, abs=1e-3)
     label, color, overlay = (as_array(got[n]) for n in ("label", "color", "overlay"))
     assert label.max() < CAMVID.num_classes and len(np.unique(label)) >= 3
     assert agree(label, expected.label) > 0.999
@@ -347,6 +351,37 @@ def test_only_watched_outputs_are_computed(client, node, frame, diagnostics):
     assert counter(values, "published_label") == labels
 
 
+def test_low_mean_confidence_warns_in_diagnostics(client, node, frame, diagnostics):
+    image = np.ascontiguousarray(frame[::4, ::4])
+    cols = collectors(client, LAZY, ("label",))  # no info, no confidence subscriber
+
+    def status(after: float):
+        for msg in diagnostics.recent(after):
+            for st in msg.status:
+                if any(kv.key == "topic" and kv.value == LAZY for kv in st.values):
+                    return st
+        return None
+
+    try:
+        for floor, level in ((1.0, DiagnosticStatus.WARN), (0.01, DiagnosticStatus.OK)):
+            (result,) = client.set_parameters("dfanet_segmentation",
+                                              {"min_mean_confidence": floor})
+            assert result.successful
+            exchange(client, node, LAZY, lambda s: image_message(image, "rgb8", s), cols)
+            start = time.monotonic()
+            st = wait_for(lambda start=start: status(start), 20.0, f"diagnostics of {LAZY}",
+                          node)
+            values = {kv.key: kv.value for kv in st.values}
+            assert 1 / CAMVID.num_classes <= float(values["mean_confidence"]) <= 1.0
+            assert st.level == level, (floor, st.message)
+            assert ("mean confidence" in st.message) == (level == DiagnosticStatus.WARN)
+        (result,) = client.set_parameters("dfanet_segmentation", {"min_mean_confidence": 1.5})
+        assert not result.successful  # the descriptor's range
+    finally:
+        client.set_parameters("dfanet_segmentation", {"min_mean_confidence": 0.5})
+        close_all(cols)
+
+
 def test_newest_frame_wins_and_drops_are_counted(client, node, frame, diagnostics):
     image = np.ascontiguousarray(frame[::2, ::2])
     cols = collectors(client, CAMERA, ("label",))
@@ -458,6 +493,47 @@ def test_fuzzed_frames_never_stop_the_node_and_are_all_counted(client, node, fra
     assert f"{FUZZ}: bad frame (" in node.output()
 
 
+# -- topic names ----------------------------------------------------------------------------
+
+
+def test_remap_and_namespace_move_inputs_and_outputs_together(checkpoint, frame):
+    """The default camera topic is relative and the outputs derive from the resolved camera
+    name: a remap (the README's example) or a namespace moves all of them."""
+    image = np.ascontiguousarray(frame[::4, ::4])
+    params = {"checkpoint": checkpoint, "device": "cpu", "cpu_threads": 1, "backend": "eager",
+              "diagnostics_period": 0.0}
+    cases = {  # how the node is started: camera topic, label topic, class map topic
+        "remap": (["-r", "camera/image_raw:=/front/image_raw"], "/front/image_raw",
+                  "/front/segmentation/label", "/segmentation/class_map"),
+        "namespace": (["-r", "__ns:=/robot1"], "/robot1/camera/image_raw",
+                      "/robot1/camera/segmentation/label", "/robot1/segmentation/class_map"),
+    }
+    procs = {name: NodeProcess(node_command(params) + extra, ros_env(DOMAIN + 3))
+             for name, (extra, *_) in cases.items()}
+    client = RosClient(DOMAIN + 3)
+    try:
+        for name, (_, camera, label_topic, class_map_topic) in cases.items():
+            node = procs[name]
+            cols = {"label": client.collect(Image, label_topic)}
+            msg, got = exchange(client, node, camera,
+                                lambda s: image_message(image, "rgb8", s), cols)
+            close_all(cols)
+            assert got["label"].header == msg.header, name
+            latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            c = client.collect(ClassMap, class_map_topic, latched)
+            wait_for(lambda c=c: c.messages, 20.0, f"{class_map_topic} ({name})", node)
+            c.close()
+        # Nothing is left at the names the parameter alone would give.
+        names = dict(client.node.get_topic_names_and_types())
+        assert "/camera/image_raw" not in names and "/segmentation/label" not in names
+        assert "/camera/segmentation/label" not in names, sorted(names)
+    finally:
+        client.close()
+        for proc in procs.values():
+            proc.stop()
+
+
 # -- start-up --------------------------------------------------------------------------------
 
 
@@ -509,6 +585,31 @@ def test_start_up_failures_exit_with_one_clear_line(tmp_path, checkpoint):
             proc.stop()
 
 
+def test_ctrl_c_under_launch_ends_the_node_cleanly():
+    """A terminal's Ctrl-C reaches ros2 launch and the node, and launch forwards another
+    SIGINT: two SIGINTs in a row still end the node with status 0."""
+    import signal
+
+    proc = NodeProcess(node_command({"autostart": False}), ros_env(DOMAIN + 4))
+    client = RosClient(DOMAIN + 4)
+    try:
+        wait_for(lambda: _has_services(client), 60.0, "the node's services", proc)
+        proc.proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        proc.proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, proc.output()[-3000:]
+    finally:
+        client.close()
+        proc.stop()
+
+
+def _has_services(client) -> bool:
+    try:
+        return bool(client.list_parameters("dfanet_segmentation"))
+    except AssertionError:
+        return False
+
+
 def test_lifecycle_transitions_in_process(checkpoint, tmp_path, capfd):
     import rclpy
     from lifecycle_msgs.msg import State
@@ -534,16 +635,35 @@ def test_lifecycle_transitions_in_process(checkpoint, tmp_path, capfd):
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert state() == State.PRIMARY_STATE_INACTIVE and node.engine is not None
         assert subscribers() == 0
+        # Publishers are made at configure (lifecycle publishers, as ros2/demos lifecycle_py).
+        assert node.count_publishers("/lc/segmentation/overlay") == 1
+        assert node.count_publishers("/segmentation/class_map") == 1
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
         wait_for(lambda: subscribers() == 1, 10.0, "the camera subscription")
-        assert node.count_publishers("/lc/segmentation/overlay") == 1
         node.engine.run(np.zeros((8, 8, 3), np.uint8), outputs=frozenset({"label"}))
         assert node.engine._plans
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         wait_for(lambda: subscribers() == 0, 10.0, "the subscription to go")
         assert not node.engine._plans  # buffers released, model kept
+        # Inactive, the publishers stay: a transient-local subscriber arriving now still gets
+        # the class map published at activation.
+        assert node.count_publishers("/lc/segmentation/overlay") == 1
+        client = RosClient(DOMAIN + 2, "lifecycle_test_client")
+        try:
+            latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            class_map = client.collect(ClassMap, "/segmentation/class_map", latched)
+            wait_for(lambda: class_map.messages, 20.0, "the class map while inactive")
+            assert list(class_map.messages[0].names) == list(CAMVID.names)
+        finally:
+            client.close()
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        wait_for(lambda: subscribers() == 1, 10.0, "the camera subscription again")
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
         assert node.engine is None and state() == State.PRIMARY_STATE_UNCONFIGURED
+        assert node.count_publishers("/lc/segmentation/overlay") == 0
+        assert node.count_publishers("/segmentation/class_map") == 0
         # Each unusable checkpoint or setting fails configure with its reason logged.
         corrupt = tmp_path / "corrupt.safetensors"
         corrupt.write_bytes(np.random.default_rng(1).bytes(300))
@@ -560,6 +680,7 @@ def test_lifecycle_transitions_in_process(checkpoint, tmp_path, capfd):
                  "huge.safetensors: input_size height: must be in 1..8192, got 100000"),
                 ({"checkpoint": str(checkpoint), "camera_topics": ["a", "a"]},
                  "camera_topics must list distinct topics"),
+                ({"camera_topics": ["a", "/a"]}, "resolve to the same topic twice"),
                 ({"camera_topics": ["a"], "model_height": -1},
                  "model_height -1 and model_width 0"),
                 ({"model_height": 0, "input_reliability": "sometimes"},
@@ -570,14 +691,16 @@ def test_lifecycle_transitions_in_process(checkpoint, tmp_path, capfd):
             assert state() == State.PRIMARY_STATE_UNCONFIGURED
             err = capfd.readouterr().err
             assert "cannot configure" in err and text in err, err
-        # A topic name DDS refuses fails activate, leaving nothing behind.
-        node.set_parameters([Parameter("camera_topics", value=["ok/image", "bad topic"]),
+        # A topic name ROS refuses fails configure, leaving nothing behind.
+        node.set_parameters([Parameter("checkpoint", value=str(checkpoint)),
+                             Parameter("camera_topics", value=["ok/image", "bad topic"]),
                              Parameter("input_reliability", value="best_effort")])
-        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         capfd.readouterr()
-        assert node.trigger_activate() == TransitionCallbackReturn.FAILURE
-        assert "cannot activate" in capfd.readouterr().err
-        assert state() == State.PRIMARY_STATE_INACTIVE and not node._cameras
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        err = capfd.readouterr().err
+        assert "cannot configure" in err and "bad topic" in err, err
+        assert state() == State.PRIMARY_STATE_UNCONFIGURED and not node._cameras
+        assert node.engine is None
         assert node.count_publishers("/ok/segmentation/label") == 0
     finally:
         node.destroy_node()
@@ -636,6 +759,7 @@ def test_deactivate_waits_for_one_frame_at_most(checkpoint):
     """Deactivate once joined each camera's worker in turn: with a frame queued at the engine
     lock behind another, the lifecycle service was held for every camera's frame."""
     import rclpy
+    from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
 
     from dfanet_ros.segmentation_node import SegmentationNode
@@ -671,7 +795,21 @@ def test_deactivate_waits_for_one_frame_at_most(checkpoint):
         node.trigger_deactivate()
         took = time.perf_counter() - start
         assert took < 1.5 * frame_s + 0.3, f"deactivate took {took:.2f} s, a frame {frame_s:.2f}"
-        assert not node._cameras
+        # Processing stopped; the cameras and their lifecycle publishers stay until cleanup.
+        assert node._cameras and all(c.subscription is None and c.worker is None
+                                     and c.slot.closed for c in node._cameras)
+        camera = node._cameras[0]
+        old_slot = camera.slot
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert not camera.slot.closed and camera.worker.is_alive()
+        # A worker of the last activation that outlived deactivate's wait (still decoding its
+        # frame) checks its own closed slot, not the camera's new one: the frame is not run.
+        processed = camera.stats.processed
+        node._process(camera, message(9), time.perf_counter(), 0, slot=old_slot)
+        assert camera.stats.processed == processed
+        node._process(camera, message(10), time.perf_counter(), 0)  # this activation's: run
+        assert camera.stats.processed == processed + 1
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         del subs
     finally:
         watcher.destroy_node()

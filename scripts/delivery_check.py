@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""How a camera stream from another process fares through the node, per Fast DDS setting.
+
+Three processes, as on a robot: a camera publishing rgb8 frames with a driver's usual QoS
+(reliable, depth 10), the segmentation node (shipped model, CPU, one thread), and this
+process as a viewer subscribing to the outputs with default QoS.  The camera and the viewer
+run with Fast DDS's defaults unless ``--camera-profile`` is given; the node gets
+``--node-profile`` (what the launch file's ``large_images`` sets).  The camera first sends 8
+warm-up frames a second apart (the node plans, and builds its ONNX Runtime session, on the
+first), then ``--frames`` at ``--rate``.  Prints one JSON line: frames sent and answered on
+the first ``--watch`` output, answered within 200 ms and after more than 1 s, latency from
+the camera's stamp, and the answered rate.  Run it confined:
+
+    scripts/confined.sh .venv/bin/python scripts/delivery_check.py --rate 5 --frames 60 \
+        --watch overlay,color,label [--node-profile config/fastdds_large_images.xml]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+CAMERA = r'''
+import array, sys, time
+import numpy as np, rclpy
+from sensor_msgs.msg import Image
+rate, n, height, width = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+rclpy.init()
+node = rclpy.create_node("delivery_check_camera")
+pub = node.create_publisher(Image, "/camera/image_raw", 10)
+deadline = time.time() + 60
+while pub.get_subscription_count() == 0 and time.time() < deadline:
+    time.sleep(0.05)
+frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+data = array.array("B")
+data.frombytes(frame.tobytes())
+
+def send(frame_id):
+    msg = Image(height=height, width=width, encoding="rgb8", step=width * 3, data=data)
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(time.time_ns(), 10**9)
+    msg.header.frame_id = str(frame_id)
+    pub.publish(msg)
+
+for i in range(8):
+    send(-1 - i)
+    time.sleep(1.0)
+next_t = time.time()
+for i in range(n):
+    send(i)
+    next_t += 1.0 / rate
+    time.sleep(max(0.0, next_t - time.time()))
+time.sleep(5.0)
+'''
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--node-profile", default="", help="Fast DDS profile for the node only")
+    ap.add_argument("--camera-profile", default="", help="Fast DDS profile for the camera")
+    ap.add_argument("--size", default="360x480", help="frame HEIGHTxWIDTH")
+    ap.add_argument("--rate", type=float, default=5.0)
+    ap.add_argument("--frames", type=int, default=60)
+    ap.add_argument("--watch", default="label",
+                    help="outputs the viewer subscribes to, comma-separated; the first is scored")
+    ap.add_argument("--domain", type=int, default=117)
+    a = ap.parse_args()
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("FASTDDS", "FASTRTPS"))}
+    base.update(ROS_DOMAIN_ID=str(a.domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    os.environ.clear()
+    os.environ.update(base)  # this process, the viewer: Fast DDS defaults
+    node_env = dict(base, **({"FASTDDS_DEFAULT_PROFILES_FILE": a.node_profile}
+                             if a.node_profile else {}))
+    camera_env = dict(base, **({"FASTDDS_DEFAULT_PROFILES_FILE": a.camera_profile}
+                               if a.camera_profile else {}))
+    node = subprocess.Popen(
+        [sys.executable, "-m", "dfanet_ros.segmentation_node", "--ros-args", "-p", "device:=cpu",
+         "-p", "cpu_threads:=1", "-p", "diagnostics_period:=0.0",
+         "-p", "camera_topics:=[/camera/image_raw]"],
+        env=node_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import rclpy
+    from sensor_msgs.msg import Image
+
+    rclpy.init()
+    viewer = rclpy.create_node("delivery_check_viewer")
+    answers: dict[int, tuple[float, float]] = {}
+
+    def on_answer(msg: Image) -> None:
+        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        answers[int(msg.header.frame_id)] = ((time.time_ns() - stamp) / 1e6, time.monotonic())
+
+    watch = a.watch.split(",")
+    viewer.create_subscription(Image, f"/camera/segmentation/{watch[0]}", on_answer, 10)
+    for other in watch[1:]:
+        viewer.create_subscription(Image, f"/camera/segmentation/{other}", lambda m: None, 10)
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            rclpy.spin_once(viewer, timeout_sec=0.05)
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    try:
+        deadline = time.time() + 90
+        while (viewer.count_publishers(f"/camera/segmentation/{watch[0]}") == 0
+               and time.time() < deadline):
+            time.sleep(0.1)
+        time.sleep(3.0)
+        height, width = a.size.split("x")
+        subprocess.run([sys.executable, "-c", CAMERA, str(a.rate), str(a.frames), height, width],
+                       env=camera_env, check=True, timeout=300)
+    finally:
+        stop.set()
+        spinner.join(2.0)
+        node.send_signal(2)
+        node.wait(20)
+    measured = {k: v for k, v in answers.items() if k >= 0}
+    latency = np.array([v[0] for v in measured.values()])
+    times = sorted(v[1] for v in measured.values())
+    rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+    print(json.dumps({
+        "size": a.size, "rate_hz": a.rate, "watch": a.watch, "node_profile": bool(a.node_profile),
+        "camera_profile": bool(a.camera_profile), "sent": a.frames, "answered": len(measured),
+        "within_200ms": int((latency < 200).sum()), "after_1s": int((latency > 1000).sum()),
+        "latency_p50_ms": round(float(np.median(latency)), 1) if latency.size else None,
+        "latency_max_ms": round(float(latency.max()), 1) if latency.size else None,
+        "answered_rate_hz": round(rate, 2)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""package.xml declares, by rosdep key, everything the package's code imports, so that
+``rosdep install --from-paths src`` followed by ``colcon build`` gives a working node."""
+from __future__ import annotations
+
+import ast
+import sys
+import xml.etree.ElementTree as ET
+
+import yaml
+from helpers_ros import REPO
+
+# The rosdep key of each third-party module the code imports.  ROS packages are keyed by
+# their own names; Python packages by rosdistro's rosdep/python.yaml keys.
+MODULE_KEYS = {
+    "rclpy": "rclpy", "rcl_interfaces": "rcl_interfaces", "sensor_msgs": "sensor_msgs",
+    "std_msgs": "std_msgs", "diagnostic_msgs": "diagnostic_msgs",
+    "lifecycle_msgs": "lifecycle_msgs", "ament_index_python": "ament_index_python",
+    "launch": "launch", "launch_ros": "launch_ros",
+    "numpy": "python3-numpy", "yaml": "python3-yaml", "torch": "python3-torch",
+    "PIL": "python3-pil", "tqdm": "python3-tqdm", "matplotlib": "python3-matplotlib",
+    "safetensors": "python3-safetensors-pip", "onnxruntime": "python3-onnxruntime-pip",
+    "onnx": "python3-onnx-pip", "rosbags": "python3-rosbags-pip",
+}
+# Python keys present in ros/rosdistro rosdep/python.yaml (checked 2026-08, commit 8468e88):
+# the distribution's own, and pip keys where no distribution package exists.
+ROSDISTRO_PYTHON_KEYS = {
+    "python3-numpy", "python3-yaml", "python3-torch", "python3-pil", "python3-tqdm",
+    "python3-matplotlib", "python3-onnxruntime-pip", "python3-rosbags-pip", "python3-pytest",
+    "python3-hypothesis",
+}
+OWN = {"dfanet_model", "dfanet_ros", "dfanet", "helpers_ros"}
+
+
+def imported_modules() -> dict[str, str]:
+    """Top-level third-party modules imported anywhere in the shipped code -> a file."""
+    files = [*REPO.glob("dfanet_ros/*.py"), *REPO.glob("dfanet_model/*.py"),
+             REPO / "launch" / "segment.launch.py", REPO / "scripts" / "segmentation_node"]
+    found: dict[str, str] = {}
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                root = name.split(".")[0]
+                if root not in sys.stdlib_module_names and root not in OWN:
+                    found.setdefault(root, path.name)
+    return found
+
+
+def declared(kinds: tuple[str, ...]) -> set[str]:
+    root = ET.parse(REPO / "package.xml").getroot()
+    return {e.text.strip() for kind in kinds for e in root.iter(kind)}
+
+
+def test_every_import_has_a_declared_run_dependency():
+    run = declared(("depend", "exec_depend"))
+    for module, where in imported_modules().items():
+        assert module in MODULE_KEYS, f"{where} imports {module}: add its rosdep key here " \
+                                      "and to package.xml"
+        assert MODULE_KEYS[module] in run, f"{where} imports {module}: package.xml lacks " \
+                                           f"<exec_depend>{MODULE_KEYS[module]}</exec_depend>"
+    # The messages and the Python packages the requirements name are all covered.
+    assert {"safetensors", "onnxruntime", "rosbags", "torch"} <= set(imported_modules())
+
+
+def test_every_python_key_resolves():
+    """Each Python key is rosdistro's or defined in the shipped rosdep.yaml."""
+    ours = yaml.safe_load((REPO / "rosdep.yaml").read_text())
+    keys = {k for k in declared(("depend", "exec_depend", "test_depend"))
+            if k.startswith("python3-")}
+    unresolved = keys - ROSDISTRO_PYTHON_KEYS - set(ours)
+    assert not unresolved, f"no rosdep definition for {unresolved}"
+    assert set(ours) <= keys, "rosdep.yaml defines keys package.xml does not use"
+    for key, platforms in ours.items():
+        assert key.endswith("-pip") and "ubuntu" in platforms, key
+        packages = {tuple(p["pip"]["packages"]) for p in platforms.values()}
+        assert len(packages) == 1, key
