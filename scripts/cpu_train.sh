@@ -18,7 +18,7 @@ minutes=${MINUTES:-120}
 run=${RUN_DIR:-$root/training/camvid_cpu}
 processes=${PROCESSES:-$(nproc)}
 data=${DATA:-${DFANET_CAMVID:-$root/../shared/data/camvid}}
-curves=${CURVES:-$root/docs/camvid_cpu_training_curves.png}
+curves=${CURVES:-$root/docs/camvid_cpu_campaign_curves.png}
 if awk "BEGIN {exit !($minutes > 150)}"; then
   echo "cpu_train.sh: MINUTES=$minutes: a piece runs at most 150 minutes" >&2
   exit 2
