@@ -1,4 +1,4 @@
-"""pip installation of the two Python packages (distribution ``dfanet``).
+"""pip installation of the three Python packages (distribution ``dfanet``).
 
 The ROS package (messages, node executable, launch and config) is built by CMakeLists.txt; this
 file serves ``pip install`` of the pure-Python parts and the ``dfanet`` command.  The
@@ -13,7 +13,7 @@ setup(
     description="DFANet semantic segmentation: PyTorch model package and ROS 2 node",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["dfanet_model", "dfanet_ros"],
+    packages=["dfanet_model", "dfanet_ros", "dfanet_tools"],
     package_data={"dfanet_model": ["data/*", "data/*/*", "data/*/*/*"]},
     include_package_data=True,
     install_requires=["numpy", "pyyaml", "pillow", "safetensors", "torch>=2.4"],
@@ -24,7 +24,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "dfanet = dfanet_model.cli:main",
+            "dfanet = dfanet_tools.cli:main",
             "dfanet-segmentation-node = dfanet_ros.segmentation_node:main",
         ]
     },

@@ -1,6 +1,6 @@
 """Process-group helpers: one code path for a single process, torchrun on GPUs, gloo on CPUs.
 
-``torchrun --nproc-per-node N -m dfanet_model.cli train ...`` sets RANK, WORLD_SIZE and
+A torchrun launch of ``dfanet train`` (README) sets RANK, WORLD_SIZE and
 LOCAL_RANK; ``init`` reads them, picks NCCL when the process drives a GPU and gloo otherwise,
 and every helper below degrades to a no-op when there is one process.
 """

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .args import parse_size
 from .augment import normalize
-from .cli import parse_size
 from .metrics import ConfusionMatrix, SegmentationScores
 from .plot import prediction_grid
 

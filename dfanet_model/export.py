@@ -24,8 +24,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from .args import parse_size
 from .checkpoint import CheckpointError, ModelCard, load_model
-from .cli import parse_size
 
 CARD_KEY = "dfanet"  # the model card, as JSON, in the exported file's metadata
 LOGIT_TOLERANCE = 1e-3  # largest accepted |exported - PyTorch| of a logit

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .cli import parse_size
+from .args import parse_size
 from .network import VARIANTS, build_dfanet
 
 # Li et al., CVPR 2019, Table 3/4: GFLOPs at the stated input, parameters in millions.

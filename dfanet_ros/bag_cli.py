@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from dfanet_model.cli import parse_size
+from dfanet_model.args import parse_size
 
 from .bag import STORAGES, BagError
 from .bag_make import DEFAULT_LABEL_TOPIC, DEFAULT_TOPIC

@@ -17,7 +17,7 @@ venv=${DFANET_VENV:-$root/.venv}
 minutes=${MINUTES:-120}
 run=${RUN_DIR:-$root/training/camvid_cpu}
 processes=${PROCESSES:-$(nproc)}
-data=${DATA:-${DFANET_CAMVID:-$root/../shared/data/camvid}}
+data=${DATA:-${DFANET_CAMVID:-../shared/data/camvid}}  # relative to the repository
 curves=${CURVES:-$root/docs/camvid_cpu_campaign_curves.png}
 if awk "BEGIN {exit !($minutes > 150)}"; then
   echo "cpu_train.sh: MINUTES=$minutes: a piece runs at most 150 minutes" >&2
@@ -32,7 +32,7 @@ args=(train --config config/train_camvid_cpu.yaml --set data_root="$data" --set 
 if [ "$processes" -gt 1 ]; then
   # Gloo and the rendezvous store stay on loopback.
   GLOO_SOCKET_IFNAME=lo OMP_NUM_THREADS=1 "$venv/bin/python" -m torch.distributed.run \
-    --standalone --nproc-per-node "$processes" -m dfanet_model.cli "${args[@]}" --threads 1
+    --standalone --nproc-per-node "$processes" -m dfanet_tools.cli "${args[@]}" --threads 1
 else
   "$venv/bin/dfanet" "${args[@]}"
 fi

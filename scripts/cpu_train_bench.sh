@@ -35,7 +35,7 @@ for variant in ${VARIANTS:-B A}; do
           sets+=(--set channels_last=true)
           env+=(GLOO_SOCKET_IFNAME=lo OMP_NUM_THREADS=1)
           launch=("$venv/bin/python" -m torch.distributed.run --standalone
-                  --nproc-per-node "$threads" -m dfanet_model.cli) ;;
+                  --nproc-per-node "$threads" -m dfanet_tools.cli) ;;
         *) echo "unknown row $row" >&2; exit 2 ;;
       esac
       per_process=$threads

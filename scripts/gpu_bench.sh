@@ -46,7 +46,7 @@ step() {  # step NAME LIMIT_S ARGS...
   [ "$limit" -gt "$left" ] && limit=$left
   echo "=== $name (limit ${limit}s): dfanet bench $*"
   local t0=$SECONDS
-  timeout -k 5 "$limit" "$py" -m dfanet_model.cli bench "$@" --json "$out/$name.json" \
+  timeout -k 5 "$limit" "$py" -m dfanet_tools.cli bench "$@" --json "$out/$name.json" \
     > "$out/$name.log" 2>&1
   local rc=$?
   tail -n 40 "$out/$name.log"
@@ -68,7 +68,7 @@ step compile 120 model --device cuda --variants A,B --sizes 1024x2048 --batch 1 
 "$py" - "$out" >> "$out/summary.txt" 2>&1 <<'EOF'
 import json, sys
 from pathlib import Path
-from dfanet_model.bench import EngineBenchResult, Result, format_engine_table, format_table
+from dfanet_tools.bench import EngineBenchResult, Result, format_engine_table, format_table
 for path in sorted(Path(sys.argv[1]).glob("*.json")):
     data = json.loads(path.read_text())
     print(f"\n## {path.stem}: {data['machine'].get('command')}  ({data['machine'].get('gpu')}, "

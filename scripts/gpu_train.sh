@@ -20,10 +20,10 @@ export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$out" "$run"
 resume=()
 [ -f "$run/last.pt" ] && resume=(--resume)
-"$py" -m dfanet_model.cli train --config config/train_camvid.yaml --set data_root="$data" \
+"$py" -m dfanet_tools.cli train --config config/train_camvid.yaml --set data_root="$data" \
   --set progress=false --run-dir "$run" --time-budget "$minutes" "${resume[@]}" \
   2>&1 | tee "$out/train.log"
 # Everything small enough to carry back; snapshots stay behind.
 cp "$run"/log.jsonl "$run"/config.yaml "$run"/last.pt "$out"/ 2>/dev/null || true
 cp "$run"/best.safetensors "$out"/ 2>/dev/null || true
-"$py" -m dfanet_model.cli plot "$run" --out "$out/curves.png" 2>/dev/null || true
+"$py" -m dfanet_tools.cli plot "$run" --out "$out/curves.png" 2>/dev/null || true

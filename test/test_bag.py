@@ -169,7 +169,7 @@ def test_a_corrupted_mcap_bag_is_reported_as_corrupted(tmp_path, sample_camvid):
     with pytest.raises(BagError, match=r"^bag .*bag: corrupted: bag\.mcap: the chunk at byte "
                                        r"\d+ fails its CRC \(stored 0x[0-9a-f]{8}, computed"):
         BagReader(made.path)
-    proc = subprocess.run([sys.executable, "-m", "dfanet_model.cli", "bag", "eval",
+    proc = subprocess.run([sys.executable, "-m", "dfanet_tools.cli", "bag", "eval",
                            str(made.path), "--mode", "offline", "--no-progress"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "corrupted: bag.mcap: the chunk at byte" in proc.stderr
@@ -274,7 +274,7 @@ def test_make_reads_cityscapes_labels_as_train_ids(tmp_path):
 def test_bag_make_command(tmp_path, sample_camvid):
     out = tmp_path / "drive"
     result = subprocess.run(
-        [sys.executable, "-m", "dfanet_model.cli", "bag", "make", str(out), "--from",
+        [sys.executable, "-m", "dfanet_tools.cli", "bag", "make", str(out), "--from",
          str(sample_camvid), "--storage", "sqlite3", "--rate", "5", "--limit", "2"],
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -282,7 +282,7 @@ def test_bag_make_command(tmp_path, sample_camvid):
             "labels on /camera/label_gt") in result.stdout
     assert (out / "metadata.yaml").is_file()
     again = subprocess.run(
-        [sys.executable, "-m", "dfanet_model.cli", "bag", "make", str(out), "--from",
+        [sys.executable, "-m", "dfanet_tools.cli", "bag", "make", str(out), "--from",
          str(sample_camvid)], capture_output=True, text=True, timeout=120)
     assert again.returncode == 1
     assert f"dfanet bag make: bag {out}: exists already" in again.stderr

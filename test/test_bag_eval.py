@@ -12,13 +12,13 @@ import torch
 
 from dfanet_model.checkpoint import ModelCard, save_model
 from dfanet_model.classes import CAMVID
-from dfanet_model.cli import main as dfanet
 from dfanet_model.metrics import ConfusionMatrix
 from dfanet_model.network import build_dfanet
 from dfanet_ros.bag import BagReader, BagWriter, image_message, typestore
 from dfanet_ros.bag_eval import EvalOptions, Scorer, _plan, build_result, evaluate
 from dfanet_ros.bag_make import make_bag
 from dfanet_ros.report import IOU_PNG, LATENCY_PNG, REPORT_JSON, SUMMARY_MD, write_report
+from dfanet_tools.cli import main as dfanet
 
 T0 = 1_700_000_000_000_000_000
 ROS_DOMAIN = 140  # this module's own DDS domain

@@ -11,7 +11,7 @@ import torch
 
 
 def dfanet(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dfanet_model.cli", *args],
+    return subprocess.run([sys.executable, "-m", "dfanet_tools.cli", *args],
                           capture_output=True, text=True, timeout=300)
 
 
@@ -52,7 +52,7 @@ def test_bench_model_prints_a_table_and_writes_json(tmp_path: Path) -> None:
 ])
 def test_bench_model_names_bad_arguments(args: list[str], message: str,
                                          capsys: pytest.CaptureFixture) -> None:
-    from dfanet_model.cli import main
+    from dfanet_tools.cli import main
     try:
         code = main(["bench", "model", *args])
     except SystemExit as e:  # argparse rejects the value
@@ -78,7 +78,7 @@ def test_bench_engine_prints_a_table(tmp_path: Path) -> None:
 
 
 def test_a_failing_mode_is_reported_and_the_others_still_timed() -> None:
-    from dfanet_model.bench import bench_model
+    from dfanet_tools.bench import bench_model
     failures: list[dict] = []
     logged: list[str] = []
     threads = torch.get_num_threads()

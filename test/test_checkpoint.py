@@ -187,7 +187,7 @@ def test_a_failed_write_is_one_line_and_leaves_the_old_file(tmp_path, model):
     before = dst.read_bytes()
     stale = tmp_path / f".{dst.name}.k1ll3d.tmp"  # what a kill -9 during a save leaves
     stale.write_bytes(b"half a checkpoint")
-    proc = subprocess.run([sys.executable, "-m", "dfanet_model.cli", "checkpoint", "slim",
+    proc = subprocess.run([sys.executable, "-m", "dfanet_tools.cli", "checkpoint", "slim",
                            str(src), str(dst)], capture_output=True, text=True, timeout=120,
                           preexec_fn=_limit_file_size(len(before) // 2))
     assert proc.returncode == 1, proc.stderr

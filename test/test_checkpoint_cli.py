@@ -11,8 +11,8 @@ from dfanet_model.checkpoint import (
     stamp_provenance,
 )
 from dfanet_model.classes import CAMVID
-from dfanet_model.cli import main
 from dfanet_model.network import build_dfanet
+from dfanet_tools.cli import main
 
 
 @pytest.fixture(scope="module")

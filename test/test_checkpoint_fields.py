@@ -21,8 +21,8 @@ from dfanet_model.checkpoint import (
     save_training_state,
 )
 from dfanet_model.classes import CAMVID
-from dfanet_model.cli import main
 from dfanet_model.network import build_dfanet
+from dfanet_tools.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -191,7 +191,7 @@ def test_tools_exit_non_zero_with_one_line(tmp_path, tensors, sample_camvid, com
             "eval": ["eval", str(bad), "--data", str(sample_camvid), "--split", "test"],
             "export": ["export", str(bad), "--format", "onnx", "--out",
                        str(tmp_path / "m.onnx")]}[command]
-    proc = subprocess.run([sys.executable, "-m", "dfanet_model.cli", *argv],
+    proc = subprocess.run([sys.executable, "-m", "dfanet_tools.cli", *argv],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr

@@ -4,12 +4,12 @@ import sys
 
 
 def dfanet(*args):
-    return subprocess.run([sys.executable, "-m", "dfanet_model.cli", *args],
+    return subprocess.run([sys.executable, "-m", "dfanet_tools.cli", *args],
                           capture_output=True, text=True, timeout=300)
 
 
 def test_help_lists_the_commands():
-    from dfanet_model.cli import COMMANDS
+    from dfanet_tools.cli import COMMANDS
     result = dfanet("--help")
     assert result.returncode == 0
     for name in COMMANDS:

@@ -43,7 +43,7 @@ def test_dfanet_demo_run_directly_binds_loopback_only(tmp_path):
     from dfanet_ros.dds import is_loopback
 
     args = ["--checkpoint", str(_random_checkpoint(tmp_path))]
-    proc = subprocess.Popen([sys.executable, "-m", "dfanet_model.cli", "demo", "--out",
+    proc = subprocess.Popen([sys.executable, "-m", "dfanet_tools.cli", "demo", "--out",
                              str(tmp_path / "out"), "--no-progress", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=_user_env(), cwd=tmp_path)

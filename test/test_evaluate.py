@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from dfanet_model.augment import normalize
 from dfanet_model.checkpoint import ModelCard, load_model, save_model
 from dfanet_model.classes import CAMVID
-from dfanet_model.cli import main
 from dfanet_model.data import load_split
 from dfanet_model.evaluate import evaluate, split_batches
 from dfanet_model.metrics import ConfusionMatrix
 from dfanet_model.network import build_dfanet
+from dfanet_tools.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,8 +7,8 @@ import torch
 
 from dfanet_model.checkpoint import ModelCard, load_model, save_model
 from dfanet_model.classes import CAMVID
-from dfanet_model.cli import main
 from dfanet_model.network import build_dfanet
+from dfanet_tools.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -28,12 +28,13 @@ ROSDISTRO_PYTHON_KEYS = {
     "python3-matplotlib", "python3-onnxruntime-pip", "python3-rosbags-pip", "python3-pytest",
     "python3-hypothesis",
 }
-OWN = {"dfanet_model", "dfanet_ros", "dfanet", "helpers_ros"}
+OWN = {"dfanet_model", "dfanet_ros", "dfanet_tools", "dfanet", "helpers_ros"}
 
 
 def imported_modules() -> dict[str, str]:
     """Top-level third-party modules imported anywhere in the shipped code -> a file."""
     files = [*REPO.glob("dfanet_ros/*.py"), *REPO.glob("dfanet_model/*.py"),
+             *REPO.glob("dfanet_tools/*.py"),
              REPO / "launch" / "segment.launch.py", REPO / "scripts" / "segmentation_node"]
     found: dict[str, str] = {}
     for path in files:
@@ -79,3 +80,25 @@ def test_every_python_key_resolves():
         assert key.endswith("-pip") and "ubuntu" in platforms, key
         packages = {tuple(p["pip"]["packages"]) for p in platforms.values()}
         assert len(packages) == 1, key
+
+
+def test_layers_import_only_downwards():
+    """dfanet_model (the library) never names the node package, ROS or the tools, not even in
+    a lazy import or a module-name string; dfanet_ros never imports the tools."""
+    above = {"dfanet_model": ("dfanet_ros", "dfanet_tools", "rclpy"),
+             "dfanet_ros": ("dfanet_tools",)}
+    offenders = []
+    for package, forbidden in above.items():
+        for path in sorted(REPO.glob(f"{package}/*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    names = [node.value]
+                else:
+                    continue
+                offenders += [f"{path.name}: {n}" for n in names
+                              if any(n == f or n.startswith(f + ".") for f in forbidden)]
+    assert not offenders

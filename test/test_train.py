@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from dfanet_model.checkpoint import read_checkpoint
-from dfanet_model.cli import main
+from dfanet_tools.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -142,7 +142,7 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path, sample_camvid):
     args = train_args(run_dir, sample_camvid, iterations=100000, val_split="null",
                       save_every=100000, channels_last="true")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "dfanet_model.cli", *args], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "dfanet_tools.cli", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -186,7 +186,7 @@ def test_torchrun_two_process_gloo_job(tmp_path, sample_camvid):
                       eval_size="[90,120]")
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-         "2", "-m", "dfanet_model.cli", *args],
+         "2", "-m", "dfanet_tools.cli", *args],
         capture_output=True, text=True, timeout=240, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-3000:]
     records = log_records(tmp_path)
@@ -301,7 +301,7 @@ def test_disk_full_during_training_is_one_line_and_keeps_the_last_checkpoint(tmp
 
     args = train_args(run_dir, sample_camvid, ["--resume"], iterations=4, save_every=1,
                       eval_every=0, val_split="null")
-    proc = subprocess.run([sys.executable, "-m", "dfanet_model.cli", *args],
+    proc = subprocess.run([sys.executable, "-m", "dfanet_tools.cli", *args],
                           capture_output=True, text=True, timeout=300, preexec_fn=small_disk)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr

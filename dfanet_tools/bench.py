@@ -11,8 +11,8 @@ difference| and argmax agreement), so a fast but wrong path shows itself in the 
 ``dfanet bench engine`` times the uint8-frame-to-outputs path of ``dfanet_ros.engine``, and
 ``dfanet bench node`` the ROS 2 node over DDS (``dfanet_ros.node_bench``); ``dfanet bench
 soak`` feeds that node for minutes at twice its sustainable rate and watches its memory,
-latency and frame accounting.  The last three live in ``dfanet_ros`` and are imported only
-by their subcommand: this package never imports ROS otherwise.
+latency and frame accounting.  The last three need ``dfanet_ros`` and are imported only by
+their subcommand, so ``dfanet bench model`` runs without ROS.
 """
 from __future__ import annotations
 
@@ -30,10 +30,15 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .checkpoint import ModelCard, load_model
-from .cli import parse_size
-from .fast import ImageToLabels, capture_cuda_graph, prepare_for_inference, prepare_labels
-from .network import VARIANTS, build_dfanet
+from dfanet_model.args import parse_size
+from dfanet_model.checkpoint import ModelCard, load_model
+from dfanet_model.fast import (
+    ImageToLabels,
+    capture_cuda_graph,
+    prepare_for_inference,
+    prepare_labels,
+)
+from dfanet_model.network import VARIANTS, build_dfanet
 
 SIZES: tuple[tuple[int, int], ...] = (
     (1024, 1024), (1024, 2048), (512, 1024), (720, 960), (360, 480))
@@ -515,7 +520,7 @@ def run_model(args: argparse.Namespace) -> int:
     warmup = args.warmup if args.warmup is not None else (20 if device.type == "cuda" else 2)
     variants = args.variants
     if args.checkpoint is not None:
-        from .checkpoint import read_checkpoint
+        from dfanet_model.checkpoint import read_checkpoint
         variants = [read_checkpoint(args.checkpoint).card.variant]
     print(f"dfanet bench model on {device} ({_cpu_model()}, {os.cpu_count()} CPUs, "
           f"{torch.get_num_threads()} torch threads"
@@ -569,11 +574,11 @@ def _engine_checkpoint(path: Path | None, workdir: Path) -> Path:
     """The checkpoint to time: the given one, the shipped one, else random DFANet A weights."""
     if path is not None:
         return path
-    from .resources import DEFAULT_CHECKPOINT
+    from dfanet_model.resources import DEFAULT_CHECKPOINT
     if DEFAULT_CHECKPOINT.exists():
         return DEFAULT_CHECKPOINT
-    from .checkpoint import save_training_state
-    from .classes import CAMVID
+    from dfanet_model.checkpoint import save_training_state
+    from dfanet_model.classes import CAMVID
     torch.manual_seed(0)
     card = ModelCard("A", CAMVID.num_classes, list(CAMVID.names),
                      [list(c) for c in CAMVID.colors], dataset="random weights (bench)")
@@ -602,7 +607,7 @@ def run_engine(args: argparse.Namespace) -> int:
     import tempfile
 
     import numpy as np
-    try:  # the engine lives in dfanet_ros; dfanet_model never imports it otherwise
+    try:  # the engine (dfanet_ros) is imported by its subcommand only
         from dfanet_ros.engine import SegmentationEngine
     except ImportError as e:
         print(f"error: dfanet bench engine needs dfanet_ros.engine ({e})", file=sys.stderr)
@@ -666,7 +671,7 @@ def run_engine(args: argparse.Namespace) -> int:
 
 def _node_bench(command: str, args: argparse.Namespace) -> Any:
     """dfanet_ros.node_bench (None, said on stderr, without ROS); fills in the domain id."""
-    try:  # ROS lives in dfanet_ros; dfanet_model imports it only for these subcommands
+    try:  # ROS is imported by these subcommands only
         from dfanet_ros import node_bench
     except ImportError as e:
         print(f"error: dfanet bench {command} needs rclpy and dfanet_ros ({e})",

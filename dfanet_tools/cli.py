@@ -2,8 +2,8 @@
 
 Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int`` and is
 imported only when that subcommand runs, so ``dfanet --help`` stays fast and the model-only
-commands never import ROS.  Commands provided by ``dfanet_ros`` (bag, demo) need its
-dependencies only when invoked.
+commands never import ROS.  The table names modules of every layer: the library
+(``dfanet_model``), the node package (``dfanet_ros``: bag, demo) and this one (bench).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("dfanet_model.info", "parameters and FLOPs of each variant beside the paper's"),
-    "bench": ("dfanet_model.bench",
+    "bench": ("dfanet_tools.bench",
               "time the model (each mode), the engine, the node; soak the node"),
     "bag": ("dfanet_ros.bag_cli", "make rosbag2 drives from images; score the node on a bag"),
     "demo": ("dfanet_ros.demo", "replay the shipped sample drive through the node: mIoU, latency"),
@@ -24,17 +24,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "checkpoint": ("dfanet_model.checkpoint_cli", "inspect a checkpoint; slim it for deployment"),
     "plot": ("dfanet_model.plot", "draw a run's loss and mIoU curves to a PNG"),
 }
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``HEIGHTxWIDTH`` -> (height, width); the argparse type of every size option."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HEIGHTxWIDTH, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return h, w
 
 
 def build_parser() -> argparse.ArgumentParser:
