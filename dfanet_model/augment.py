@@ -29,13 +29,17 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
 def jitter_colors(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """uint8 (N, H, W, 3) RGB with per-frame brightness, contrast and saturation ``factors``
     (N, 3) applied in that order, as uint8 again (so ``normalize`` takes it as any frame)."""
-    f = factors.to(images.device, torch.float32)
-    x = images.float() * f[:, None, None, 0:1]
-    gray = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device)).sum(-1, keepdim=True)
-    x = (x - gray.mean(dim=(1, 2), keepdim=True)) * f[:, None, None, 1:2] \
-        + gray.mean(dim=(1, 2), keepdim=True)
-    gray = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device)).sum(-1, keepdim=True)
-    x = gray + (x - gray) * f[:, None, None, 2:3]
+    f = factors.to(images.device, torch.float32)[:, None, None, :, None]  # (N, 1, 1, 3, 1)
+    luma_weights = torch.tensor([0.299, 0.587, 0.114], device=images.device)
+
+    def luma(x: torch.Tensor) -> torch.Tensor:
+        return (x * luma_weights).sum(-1, keepdim=True)
+
+    x = images.float() * f[..., 0, :]
+    frame_mean = luma(x).mean(dim=(1, 2), keepdim=True)
+    x = (x - frame_mean) * f[..., 1, :] + frame_mean
+    gray = luma(x)
+    x = gray + (x - gray) * f[..., 2, :]
     return x.round_().clamp_(0, 255).to(torch.uint8)
 
 

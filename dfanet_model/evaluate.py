@@ -28,10 +28,16 @@ from .metrics import ConfusionMatrix, SegmentationScores
 from .plot import prediction_grid
 
 
+def effective_precision(device: torch.device, precision: str = "fp32") -> str:
+    """The precision ``precision`` runs at on ``device``: bf16 on CUDA and the CPU, fp16 on
+    CUDA only (CPU fp16 is slow), fp32 everywhere else."""
+    return "fp32" if precision == "fp16" and device.type != "cuda" else precision
+
+
 def autocast(device: torch.device, precision: str = "fp32") -> contextlib.AbstractContextManager:
-    """Autocast for ``precision``: bf16 on CUDA and the CPU, fp16 on CUDA only (CPU fp16 is
-    slow), fp32 everywhere else."""
-    if precision == "fp32" or (precision == "fp16" and device.type != "cuda"):
+    """Autocast at ``effective_precision(device, precision)``."""
+    precision = effective_precision(device, precision)
+    if precision == "fp32":
         return contextlib.nullcontext()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     return torch.autocast(device.type, dtype=dtype)

@@ -61,7 +61,15 @@ from .data import (
     median_frequency_weights,
     sample_indices,
 )
-from .evaluate import EvalResult, _json_safe, autocast, evaluate, format_scores, split_batches
+from .evaluate import (
+    EvalResult,
+    _json_safe,
+    autocast,
+    effective_precision,
+    evaluate,
+    format_scores,
+    split_batches,
+)
 from .losses import OhemCrossEntropy
 from .network import VARIANTS, DFANet, build_dfanet
 
@@ -738,8 +746,7 @@ def benchmark(job: Job, steps: int, warmup: int = 3) -> int:
     med = statistics.median([a + b for a, b in zip(data_s, step_s, strict=True)])
     if ctx.is_main:
         h, w = cfg.crop_size
-        precision = cfg.precision if ctx.device.type == "cuda" or cfg.precision == "bf16" \
-            else "fp32"
+        precision = effective_precision(ctx.device, cfg.precision)
         print(f"DFANet {cfg.variant.upper()}, batch {cfg.batch_size} x {ctx.world_size} "
               f"process(es), crop {h}x{w}, {ctx.device}, precision {precision}, "
               f"threads {torch.get_num_threads()}: "
