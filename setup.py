@@ -5,7 +5,7 @@ file serves ``pip install`` of the pure-Python parts and the ``dfanet`` command.
 distribution is named ``dfanet``, not ``dfanet_ros``: pip would otherwise treat the messages the
 CMake build installed under that name as its own and remove them on reinstall.
 """
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="dfanet",
@@ -13,7 +13,7 @@ setup(
     description="DFANet semantic segmentation: PyTorch model package and ROS 2 node",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["dfanet_model", "dfanet_ros", "dfanet_tools"],
+    packages=find_packages(include=["dfanet_model*", "dfanet_ros*", "dfanet_tools*"]),
     package_data={"dfanet_model": ["data/*", "data/*/*", "data/*/*/*"]},
     include_package_data=True,
     install_requires=["numpy", "pyyaml", "pillow", "safetensors", "torch>=2.4"],

@@ -2,8 +2,8 @@
 
 Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int`` and is
 imported only when that subcommand runs, so ``dfanet --help`` stays fast and the model-only
-commands never import ROS.  The table names modules of every layer: the library
-(``dfanet_model``), the node package (``dfanet_ros``: bag, demo) and this one (bench).
+commands never import ROS.  The table names the library's commands (``dfanet_model``: train,
+eval, export, ...) and this package's tools (bench, bag, demo).
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("dfanet_model.info", "parameters and FLOPs of each variant beside the paper's"),
     "bench": ("dfanet_tools.bench",
               "time the model (each mode), the engine, the node; soak the node"),
-    "bag": ("dfanet_ros.bag_cli", "make rosbag2 drives from images; score the node on a bag"),
-    "demo": ("dfanet_ros.demo", "replay the shipped sample drive through the node: mIoU, latency"),
+    "bag": ("dfanet_tools.bag.cli", "make rosbag2 drives from images; score the node on a bag"),
+    "demo": ("dfanet_tools.demo",
+             "replay the shipped sample drive through the node: mIoU, latency"),
     "train": ("dfanet_model.train", "train DFANet (YAML config, resume, torchrun multi-GPU)"),
     "eval": ("dfanet_model.evaluate", "mIoU, per-class IoU and pixel accuracy on a dataset split"),
     "export": ("dfanet_model.export", "TorchScript / ONNX export, checked against PyTorch"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dfanet_ros.dds import dds_environment
+from dfanet_tools.ros_process.dds import dds_environment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 # both local for every test, including those that start processes (they inherit os.environ).
 _LOG_DIR = tempfile.TemporaryDirectory(prefix="dfanet-test-roslog-")
 os.environ["ROS_LOG_DIR"] = _LOG_DIR.name
-# Every participant binds loopback only, by its transports (dfanet_ros.dds).
+# Every participant binds loopback only, by its transports (dfanet_tools.ros_process.dds).
 os.environ.update(dds_environment())
 
 

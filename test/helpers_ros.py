@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +18,11 @@ import torch
 from dfanet_model.checkpoint import ModelCard, save_model
 from dfanet_model.classes import CAMVID
 from dfanet_model.network import build_dfanet
-from dfanet_ros.bag_eval import stop_process
-from dfanet_ros.dds import dds_environment
+from dfanet_tools.ros_process import DdsClient, dds_environment
+
+# The tests start the node with the tools' own toolkit (re-exported here).
+from dfanet_tools.ros_process import NodeProcess as NodeProcess
+from dfanet_tools.ros_process import node_command as node_command
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_INPUT = (120, 160)  # network size of the test checkpoints: fast on two CPU cores
@@ -74,72 +74,12 @@ def domain_id(name: str) -> int:
     return 170 + (zlib.crc32(name.encode()) + os.getpid()) % 60
 
 
-def node_command(params: dict[str, Any], remaps: Iterable[tuple[str, str]] = (),
-                 params_file: Path | None = None) -> list[str]:
-    """``python -m dfanet_ros.segmentation_node --ros-args ...`` for these parameters."""
-    cmd = [sys.executable, "-m", "dfanet_ros.segmentation_node", "--ros-args"]
-    if params_file is not None:
-        cmd += ["--params-file", str(params_file)]
-    for name, value in params.items():
-        cmd += ["-p", f"{name}:={_param_text(value)}"]
-    for src, dst in remaps:
-        cmd += ["-r", f"{src}:={dst}"]
-    return cmd
-
-
-def _param_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_param_text(v) for v in value) + "]"
-    return str(value)
-
-
 def ros_env(domain: int, **extra: str) -> dict[str, str]:
     # PYTHONFAULTHANDLER: a process stopped with SIGABRT prints every thread's stack.
     env = dds_environment(dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED="1",
                                PYTHONFAULTHANDLER="1"))
     env.update(extra)
     return env
-
-
-class NodeProcess:
-    """A process started with its output in a temporary log file; ``stop`` always ends it."""
-
-    def __init__(self, command: list[str], env: dict[str, str]) -> None:
-        self._log = tempfile.NamedTemporaryFile(prefix="dfanet-node-", suffix=".log",
-                                                delete=False)
-        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env, cwd=REPO)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def wait(self, timeout: float) -> int:
-        """The exit status; a process still running after ``timeout`` is made to print its
-        stacks (SIGABRT, see ros_env) and the wait fails with its output."""
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.send_signal(signal.SIGABRT)
-            try:
-                self.proc.wait(10.0)
-            except subprocess.TimeoutExpired:
-                pass
-            raise AssertionError(f"process still running after {timeout} s: "
-                                 f"{' '.join(self.proc.args)}\n{self.output()[-6000:]}"
-                                 ) from None
-
-    def output(self) -> str:
-        self._log.flush()
-        return Path(self._log.name).read_text(errors="replace")
-
-    def stop(self) -> int | None:
-        """End the process (SIGINT, then harder) and remove its log; the exit status."""
-        status = stop_process(self.proc)
-        self._log.close()
-        os.unlink(self._log.name)
-        return status
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
@@ -157,36 +97,11 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
     raise AssertionError(f"timed out after {timeout} s waiting for {what}{log}")
 
 
-class RosClient:
-    """This test process's side of DDS: its own context and node, spun in a thread."""
+class RosClient(DdsClient):
+    """This test process's side of DDS, on the test module's domain."""
 
     def __init__(self, domain: int, name: str = "dfanet_test_client") -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain)
-        self.node = rclpy.create_node(name, context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        from rclpy.executors import ExternalShutdownException
-
-        try:
-            self.executor.spin()
-        except ExternalShutdownException:
-            pass
-
-    def close(self) -> None:
-        import rclpy
-
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-        self._thread.join(timeout=5.0)
+        super().__init__(name, domain_id=domain)
 
     # -- topics -----------------------------------------------------------------------------
 
@@ -349,7 +264,7 @@ def bound_udp_while_running(proc: subprocess.Popen, timeout: float, period: floa
                             ) -> set[tuple[int, str, int]]:
     """Every (pid, address, port) a UDP socket of ``proc`` or its descendants was bound to,
     sampled until ``proc`` exits (or ``timeout``)."""
-    from dfanet_ros.dds import bound_udp_addresses
+    from dfanet_tools.ros_process.dds import bound_udp_addresses
 
     seen: set[tuple[int, str, int]] = set()
     deadline = time.monotonic() + timeout

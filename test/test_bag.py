@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from dfanet_ros.bag import (
+from dfanet_ros.conversions import image_to_array
+from dfanet_tools.bag.evaluate import resolve_camera_topic
+from dfanet_tools.bag.io import (
     COMPRESSED_IMAGE,
     IMAGE,
     BagError,
@@ -20,9 +22,7 @@ from dfanet_ros.bag import (
     image_message,
     typestore,
 )
-from dfanet_ros.bag_eval import resolve_camera_topic
-from dfanet_ros.bag_make import find_frames, make_bag
-from dfanet_ros.conversions import image_to_array
+from dfanet_tools.bag.make import find_frames, make_bag
 
 STORAGE_SUFFIX = {"mcap": ".mcap", "sqlite3": ".db3"}
 T0 = 1_700_000_000_123_456_789

@@ -14,11 +14,11 @@ from dfanet_model.checkpoint import ModelCard, save_model
 from dfanet_model.classes import CAMVID
 from dfanet_model.metrics import ConfusionMatrix
 from dfanet_model.network import build_dfanet
-from dfanet_ros.bag import BagReader, BagWriter, image_message, typestore
-from dfanet_ros.bag_eval import EvalOptions, Scorer, _plan, build_result, evaluate
-from dfanet_ros.bag_make import make_bag
-from dfanet_ros.report import IOU_PNG, LATENCY_PNG, REPORT_JSON, SUMMARY_MD, write_report
+from dfanet_tools.bag.evaluate import EvalOptions, Scorer, _plan, build_result, evaluate
+from dfanet_tools.bag.io import BagReader, BagWriter, image_message, typestore
+from dfanet_tools.bag.make import make_bag
 from dfanet_tools.cli import main as dfanet
+from dfanet_tools.report import IOU_PNG, LATENCY_PNG, REPORT_JSON, SUMMARY_MD, write_report
 
 T0 = 1_700_000_000_000_000_000
 ROS_DOMAIN = 140  # this module's own DDS domain
@@ -72,7 +72,7 @@ def test_stamps_match_with_drops_and_unmatched_labels(tmp_path, checkpoint):
     assert plan.labels_without_image == 2
 
     # The node answered frames 0, 2, 3 (1 and 4 dropped); frame 2 has no ground truth.
-    from dfanet_ros.bag_eval import FrameRecord
+    from dfanet_tools.bag.evaluate import FrameRecord
     scorer = Scorer(plan.card, plan.ground_truth)
     records = []
     for i in range(5):
@@ -107,7 +107,7 @@ def test_report_folder(tmp_path, checkpoint):
     opts = EvalOptions(bag=tmp_path / "bag", checkpoint=checkpoint, mode="offline")
     with BagReader(opts.bag) as reader:
         plan = _plan(opts, reader)
-    from dfanet_ros.bag_eval import FrameRecord
+    from dfanet_tools.bag.evaluate import FrameRecord
     scorer = Scorer(plan.card, plan.ground_truth)
     records = [FrameRecord(s, sent=i * 0.1, received=i * 0.1 + 0.02 + 0.001 * i)
                for i, s in enumerate(plan.stamps)]
@@ -217,8 +217,8 @@ def test_online_warms_up_on_the_first_frame_that_decodes(tmp_path, checkpoint, s
     start-up timeout and then blame the node; now it is counted as the offline mode counts it."""
     import time
 
-    from dfanet_ros.bag import COMPRESSED_IMAGE, compressed_message
-    from dfanet_ros.bag_eval import EvalError
+    from dfanet_tools.bag.evaluate import EvalError
+    from dfanet_tools.bag.io import COMPRESSED_IMAGE, compressed_message
 
     monkeypatch.setenv("ROS_DOMAIN_ID", str(ROS_DOMAIN + 1))
     topic = "/camera/image_raw/compressed"

@@ -1,12 +1,18 @@
-"""DDS stays on loopback by the transports every participant is given (dfanet_ros.dds), not
-only by a network namespace; a user's own DDS configuration is kept."""
+"""DDS stays on loopback by the transports every participant is given
+(dfanet_tools.ros_process.dds), not only by a network namespace; a user's own DDS
+configuration is kept."""
 from __future__ import annotations
 
 import socket
 
 from helpers_ros import NodeProcess, RosClient, domain_id, node_command, ros_env, wait_for
 
-from dfanet_ros.dds import bound_udp_addresses, dds_environment, is_loopback, large_image_profile
+from dfanet_tools.ros_process.dds import (
+    bound_udp_addresses,
+    dds_environment,
+    is_loopback,
+    large_image_profile,
+)
 
 DOMAIN = domain_id(__name__)
 

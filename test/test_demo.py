@@ -40,7 +40,7 @@ def test_dfanet_demo_run_directly_binds_loopback_only(tmp_path):
     alone left four sockets on 0.0.0.0)."""
     from helpers_ros import bound_udp_while_running
 
-    from dfanet_ros.dds import is_loopback
+    from dfanet_tools.ros_process.dds import is_loopback
 
     args = ["--checkpoint", str(_random_checkpoint(tmp_path))]
     proc = subprocess.Popen([sys.executable, "-m", "dfanet_tools.cli", "demo", "--out",

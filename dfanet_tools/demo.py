@@ -29,8 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from dfanet_model.checkpoint import CheckpointError, read_checkpoint
     from dfanet_model.resources import SAMPLE_CAMVID_DIR
 
-    from .bag_eval import EvalError, EvalOptions, default_checkpoint, evaluate_and_report
-    from .bag_make import make_bag
+    from .bag.evaluate import EvalError, EvalOptions, default_checkpoint, evaluate_and_report
+    from .bag.make import make_bag
     from .report import SUMMARY_MD
 
     out: Path = args.out

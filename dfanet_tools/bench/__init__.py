@@ -9,7 +9,7 @@ Each mode's output is compared with the eager model's on the same input (max |lo
 difference| and argmax agreement), so a fast but wrong path shows itself in the table.
 
 ``dfanet bench engine`` times the uint8-frame-to-outputs path of ``dfanet_ros.engine``, and
-``dfanet bench node`` the ROS 2 node over DDS (``dfanet_ros.node_bench``); ``dfanet bench
+``dfanet bench node`` the ROS 2 node over DDS (``dfanet_tools.bench.node``); ``dfanet bench
 soak`` feeds that node for minutes at twice its sustainable rate and watches its memory,
 latency and frame accounting.  The last three need ``dfanet_ros`` and are imported only by
 their subcommand, so ``dfanet bench model`` runs without ROS.
@@ -670,9 +670,9 @@ def run_engine(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- node bench
 
 def _node_bench(command: str, args: argparse.Namespace) -> Any:
-    """dfanet_ros.node_bench (None, said on stderr, without ROS); fills in the domain id."""
+    """dfanet_tools.bench.node (None, said on stderr, without ROS); fills in the domain id."""
     try:  # ROS is imported by these subcommands only
-        from dfanet_ros import node_bench
+        from . import node as node_bench
     except ImportError as e:
         print(f"error: dfanet bench {command} needs rclpy and dfanet_ros ({e})",
               file=sys.stderr)

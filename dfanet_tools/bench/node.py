@@ -1,7 +1,7 @@
 """``dfanet bench node``: the segmentation node over real DDS, fed by a camera process.
 
 Three processes, as on a robot: the node (``dfanet_ros.segmentation_node``), a camera
-publisher (``python -m dfanet_ros.node_bench publish``, this module) and this process, which
+publisher (``python -m dfanet_tools.bench.node publish``, this module) and this process, which
 subscribes to the node's outputs.  For each scenario (frame size x rate x number of cameras)
 the publisher sends frames for a warm-up period and then for the measured period, stamping
 each with the wall clock as it publishes; it reports the stamps it sent.  Here, each answer's
@@ -39,10 +39,9 @@ from typing import Any
 
 import numpy as np
 
-from .bag import header_stamp_ns
-from .bag_eval import NodeProcess, spin_in_background
-from .dds import dds_environment
-from .report import percentiles
+from ..bag.io import header_stamp_ns
+from ..report import percentiles
+from ..ros_process import DdsClient, NodeProcess, dds_environment, node_command, spin_in_background
 
 DEFAULT_DOMAIN_ID = 231  # apart from the test suites' ranges
 
@@ -81,7 +80,7 @@ class NodeBenchResult:
 
 def publish_main(argv: list[str]) -> int:
     """The camera process: publish frames on ``--cameras`` topics, report the stamps sent."""
-    p = argparse.ArgumentParser(prog="python -m dfanet_ros.node_bench publish")
+    p = argparse.ArgumentParser(prog="python -m dfanet_tools.bench.node publish")
     p.add_argument("--cameras", type=int, required=True)
     p.add_argument("--height", type=int, required=True)
     p.add_argument("--width", type=int, required=True)
@@ -98,7 +97,7 @@ def publish_main(argv: list[str]) -> int:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from .conversions import array_to_image
+    from dfanet_ros.conversions import array_to_image
 
     rclpy.init()
     node = rclpy.create_node("dfanet_bench_camera")
@@ -228,22 +227,16 @@ def _header(node: Any, frame_id: str) -> Any:
 
 # ------------------------------------------------------------------------ output collector
 
-class _Collector:
+class _Collector(DdsClient):
     """This process's DDS side: subscribes to every camera's outputs and info, timestamps
     arrivals; with ``diagnostics``, keeps the node's latest /diagnostics counters too."""
 
     def __init__(self, cameras: int, outputs: list[str], diagnostics: bool = False) -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
+        from dfanet_ros.msg import SegmentationInfo
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
 
-        from dfanet_ros.msg import SegmentationInfo
-
-        self._rclpy = rclpy
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("dfanet_bench_collector", context=self.context)
+        super().__init__("dfanet_bench_collector")
         self.outputs = outputs
         self.lock = threading.Lock()
         # (camera, stamp) -> {output: arrival ns}
@@ -265,9 +258,6 @@ class _Collector:
             self.subscriptions.append(self.node.create_subscription(
                 SegmentationInfo, output_topic(cam, "info"),
                 lambda msg, c=cam: self._info(c, msg), qos))
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._thread = spin_in_background(self.executor, "bench collector")
 
     def _arrived(self, camera: int, output: str, msg: Any) -> None:
         now = time.time_ns()
@@ -302,13 +292,6 @@ class _Collector:
         """The node publishes every output the collector listens to."""
         return all(self.node.count_publishers(output_topic(c, o)) > 0
                    for c in range(cameras) for o in self.outputs)
-
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
-        if self.context.ok():
-            self._rclpy.shutdown(context=self.context)
-        self._thread.join(timeout=5.0)
 
 
 # ------------------------------------------------------------------------------ scenarios
@@ -365,12 +348,12 @@ def _configure_dds(domain_id: int) -> None:
     os.environ.update(dds_environment())  # read by the DDS participants created below
 
 
-def node_command(args: argparse.Namespace, checkpoint: Path, cameras: int,
-                 outputs: list[str], diagnostics_period: float = 0.0) -> list[str]:
+def bench_node_command(args: argparse.Namespace, checkpoint: Path, cameras: int,
+                       outputs: list[str], diagnostics_period: float = 0.0) -> list[str]:
     """The node's command line for the bench's camera topics and ``args``' settings."""
-    params = {
-        "checkpoint": str(checkpoint), "device": args.device, "fp16": args.fp16,
-        "camera_topics": "[" + ",".join(camera_topic(i) for i in range(cameras)) + "]",
+    params: dict[str, Any] = {
+        "checkpoint": checkpoint, "device": args.device, "fp16": args.fp16,
+        "camera_topics": [camera_topic(i) for i in range(cameras)],
         "model_height": args.model_size[0] if args.model_size else -1,
         "model_width": args.model_size[1] if args.model_size else -1,
         "diagnostics_period": diagnostics_period,
@@ -379,13 +362,7 @@ def node_command(args: argparse.Namespace, checkpoint: Path, cameras: int,
         params[f"publish_{out}"] = out in outputs
     if args.threads:
         params["cpu_threads"] = args.threads
-    command = [sys.executable, "-m", "dfanet_ros.segmentation_node", "--ros-args"]
-    for name, value in params.items():
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        command += ["-p", f"{name}:={text}"]
-    for extra in args.node_arg:
-        command += ["-p", extra]
-    return command
+    return node_command(params, extra=args.node_arg)
 
 
 def _wait_for_node(node: NodeProcess, collector: _Collector, cameras: int,
@@ -407,7 +384,7 @@ def _camera(workdir: Path, cameras: int, size: tuple[int, int], rate: float, war
     import os
 
     out = workdir / "sent.json"
-    publisher = [sys.executable, "-m", "dfanet_ros.node_bench", "publish",
+    publisher = [sys.executable, "-m", "dfanet_tools.bench.node", "publish",
                  "--cameras", str(cameras), "--height", str(size[0]), "--width", str(size[1]),
                  "--rate", str(rate), "--warmup", str(warmup), "--duration", str(duration),
                  "--out", str(out), "--answer-output", answer_output]
@@ -423,12 +400,12 @@ def run(args: argparse.Namespace, checkpoint: Path) -> tuple[list[NodeBenchResul
     """Every scenario of ``args`` against one node process; returns results and the device."""
     max_cameras = max(args.cameras)
     _configure_dds(args.domain_id)
-    command = node_command(args, checkpoint, max_cameras, args.outputs)
+    command = bench_node_command(args, checkpoint, max_cameras, args.outputs)
     results: list[NodeBenchResult] = []
     device = args.device
     with tempfile.TemporaryDirectory(prefix="dfanet-bench-node-") as tmp:
         log_path = args.node_log or Path(tmp) / "node.log"
-        with NodeProcess(command, log_path) as node:
+        with NodeProcess(command, log_path=log_path) as node:
             collector = _Collector(max_cameras, args.outputs)
             try:
                 _wait_for_node(node, collector, max_cameras, args.startup_timeout)
@@ -644,10 +621,10 @@ def soak(args: argparse.Namespace, checkpoint: Path) -> dict[str, Any]:
     sampling the node's memory; the report of :func:`soak_report` plus the set-up."""
     _configure_dds(args.domain_id)
     outputs, topic, size = ["label"], camera_topic(0), args.size
-    command = node_command(args, checkpoint, 1, outputs, args.diagnostics_period)
+    command = bench_node_command(args, checkpoint, 1, outputs, args.diagnostics_period)
     with tempfile.TemporaryDirectory(prefix="dfanet-bench-soak-") as tmp:
         log_path = args.node_log or Path(tmp) / "node.log"
-        with NodeProcess(command, log_path) as node:
+        with NodeProcess(command, log_path=log_path) as node:
             collector = _Collector(1, outputs, diagnostics=True)
             try:
                 _wait_for_node(node, collector, 1, args.startup_timeout)
@@ -766,6 +743,6 @@ def format_soak(report: dict[str, Any]) -> str:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "publish":
         sys.exit(publish_main(sys.argv[2:]))
-    print("usage: python -m dfanet_ros.node_bench publish ... (the camera process of "
+    print("usage: python -m dfanet_tools.bench.node publish ... (the camera process of "
           "dfanet bench node)", file=sys.stderr)
     sys.exit(2)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bag import (
+from .io import (
     COMPRESSED_IMAGE,
     IMAGE,
     BagWriter,

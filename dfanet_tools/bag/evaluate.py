@@ -19,9 +19,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,7 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from .bag import (
+from ..report import overlay_image, percentiles
+from ..ros_process import DdsClient, NodeProcess, node_command
+from .io import (
     COMPRESSED_IMAGE,
     IMAGE,
     BagError,
@@ -41,8 +40,6 @@ from .bag import (
     header_stamp_ns,
     normalize_topic,
 )
-from .dds import dds_environment
-from .report import overlay_image, percentiles
 
 log = logging.getLogger("dfanet.bag_eval")
 
@@ -124,7 +121,7 @@ def _ros_message(raw: bytes, msgtype: str) -> Any:
 
 def label_array(msg: Any) -> np.ndarray:
     """The (H, W) class ids of a mono8 label Image (rclpy), or ValueError naming the fault."""
-    from .conversions import image_to_array
+    from dfanet_ros.conversions import image_to_array
 
     if msg.encoding not in LABEL_ENCODINGS:
         raise ValueError(f"encoding {msg.encoding!r}; expected {' or '.join(LABEL_ENCODINGS)} "
@@ -166,7 +163,7 @@ class CameraFrame:
 def camera_frames(reader: BagReader, topic: str) -> Iterator[CameraFrame]:
     """The camera messages in bag order, each once: repeated header stamps are skipped."""
     msgtype = reader.topics[topic].msgtype
-    from .bag import typestore
+    from .io import typestore
     store = typestore()
     seen: set[int] = set()
     for bag_time, data in reader.raw_messages(topic):
@@ -197,7 +194,7 @@ def decode_camera(frame: CameraFrame, msgtype: str) -> tuple[np.ndarray, str]:
 
     Raises ``conversions.BadImage`` for a frame the node would refuse.
     """
-    from .conversions import compressed_to_array, image_to_array
+    from dfanet_ros.conversions import compressed_to_array, image_to_array
 
     msg = _ros_message(frame.raw, msgtype)
     if msgtype == IMAGE:
@@ -324,7 +321,7 @@ def evaluate_and_report(opts: EvalOptions, prog: str) -> int:
     """
     from dfanet_model.checkpoint import CheckpointError
 
-    from .report import write_report
+    from ..report import write_report
 
     try:
         result, snapshots = evaluate(opts)
@@ -445,7 +442,7 @@ def evaluate(opts: EvalOptions) -> tuple[dict[str, Any], list[tuple[str, np.ndar
 
 def _evaluate_offline(opts: EvalOptions, reader: BagReader, plan: _Plan
                       ) -> tuple[dict[str, Any], list[tuple[str, np.ndarray]]]:
-    from .engine import DeviceError, SegmentationEngine
+    from dfanet_ros.engine import DeviceError, SegmentationEngine
 
     if opts.cpu_threads:
         import torch
@@ -513,82 +510,16 @@ def _snapshot(index: int, image: np.ndarray, encoding: str, label: np.ndarray, p
 # Online: the node over DDS
 
 
-def stop_process(proc: subprocess.Popen) -> int | None:
-    """SIGINT (a clean lifecycle shutdown), then SIGTERM, then SIGKILL; the exit status."""
-    for sig, wait in ((signal.SIGINT, 10.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        if proc.poll() is not None:
-            break
-        proc.send_signal(sig)
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            continue
-    return proc.returncode
-
-
-def spin_in_background(executor: Any, name: str) -> threading.Thread:
-    """Spin ``executor`` in a daemon thread until its context shuts down."""
-    def spin() -> None:
-        try:
-            executor.spin()
-        except Exception:  # the context shut down under spin(); nothing left to do
-            pass
-
-    thread = threading.Thread(target=spin, name=name, daemon=True)
-    thread.start()
-    return thread
-
-
-class NodeProcess:
-    """The segmentation node as a subprocess, its output in a log file; stopped on exit."""
-
-    def __init__(self, command: list[str], log_path: Path) -> None:
-        self.command = command
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-
-    def __enter__(self) -> "NodeProcess":
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=dds_environment())
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self.stop()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def tail(self, lines: int = 15) -> str:
-        self._log.flush()
-        text = self.log_path.read_text(errors="replace").strip().splitlines()
-        return "\n".join("    " + line for line in text[-lines:])
-
-    def stop(self) -> None:
-        """End the node (see ``stop_process``)."""
-        if self.proc is None:
-            return
-        stop_process(self.proc)
-        self._log.close()
-
-
-class _Replayer:
+class _Replayer(DdsClient):
     """This process's DDS side: publishes camera messages, collects the node's answers."""
 
     def __init__(self, camera_topic: str, camera_type: str, label_topic: str, info_topic: str,
                  on_label: Callable[[Any, float], None], on_info: Callable[[Any], None]
                  ) -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CompressedImage, Image
 
-        os.environ.update(dds_environment())  # read by the DDS participant rclpy creates
-        self._rclpy = rclpy
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("dfanet_bag_eval", context=self.context)
+        super().__init__("dfanet_bag_eval")
         self.label_topic, self.info_topic = label_topic, info_topic
         # Reliable, so that a node subscribing reliably gets every frame; a best-effort
         # subscriber still matches it.
@@ -598,9 +529,6 @@ class _Replayer:
         self._callbacks = {label_topic: lambda msg: on_label(msg, time.perf_counter()),
                            info_topic: on_info}
         self.subscriptions: list[Any] = []
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._thread = spin_in_background(self.executor, "bag eval DDS")
 
     def ready(self) -> bool:
         """The node subscribes to the camera topic and publishes the label topic."""
@@ -609,10 +537,9 @@ class _Replayer:
 
     def subscribe(self) -> None:
         """Subscribe to label and info with the reliability their publishers offer."""
+        from dfanet_ros.msg import SegmentationInfo
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
-
-        from dfanet_ros.msg import SegmentationInfo
 
         for topic, msg_type in ((self.label_topic, Image), (self.info_topic, SegmentationInfo)):
             infos = self.node.get_publishers_info_by_topic(topic)
@@ -626,37 +553,26 @@ class _Replayer:
     def publish(self, raw: bytes) -> None:
         self.publisher.publish(raw)
 
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
-        if self.context.ok():
-            self._rclpy.shutdown(context=self.context)
-        self._thread.join(timeout=5.0)
-
 
 def _node_command(opts: EvalOptions, plan: _Plan) -> list[str]:
     """The segmentation node, as its own process, on the bag's camera topic."""
-    params = [f"checkpoint:={plan.checkpoint}", f"camera_topics:=[{plan.camera_topic}]",
-              f"device:={opts.device}",
-              # Reliable input: a frame may be replaced by a newer one (counted), never lost
-              # in transport.
-              "input_reliability:=reliable"]
+    params: dict[str, Any] = {"checkpoint": plan.checkpoint,
+                              "camera_topics": [plan.camera_topic], "device": opts.device,
+                              # Reliable input: a frame may be replaced by a newer one
+                              # (counted), never lost in transport.
+                              "input_reliability": "reliable"}
     if opts.size:
-        params += [f"model_height:={opts.size[0]}", f"model_width:={opts.size[1]}"]
+        params.update(model_height=opts.size[0], model_width=opts.size[1])
     if opts.cpu_threads:
-        params.append(f"cpu_threads:={opts.cpu_threads}")
-    params += opts.node_args
-    command = [sys.executable, "-m", "dfanet_ros.segmentation_node", "--ros-args"]
-    for p in params:
-        command += ["-p", p]
-    return command
+        params["cpu_threads"] = opts.cpu_threads
+    return node_command(params, extra=opts.node_args)
 
 
 def _restamp(frame: CameraFrame, stamp: int) -> bytes:
     """The frame's message serialised again with another header stamp (for warm-up frames)."""
     import dataclasses
 
-    from .bag import split_stamp, typestore
+    from .io import split_stamp, typestore
     sec, nanosec = split_stamp(stamp)
     msg = frame.msg
     header = dataclasses.replace(
@@ -671,7 +587,7 @@ def _evaluate_online(opts: EvalOptions, reader: BagReader, plan: _Plan
 
     import torch
 
-    from .segmentation_node import output_topic
+    from dfanet_ros.segmentation_node import output_topic
 
     # This process only scores labels (a few ms a frame on one thread); more threads contend
     # with the node for the CPU and, on a busy machine, made scoring 10x slower, not faster.
@@ -751,7 +667,8 @@ def _evaluate_online(opts: EvalOptions, reader: BagReader, plan: _Plan
             stack.callback(tmp_dir.cleanup)
         node = None
         if not opts.connect:
-            node = stack.enter_context(NodeProcess(_node_command(opts, plan), log_path))
+            node = stack.enter_context(NodeProcess(_node_command(opts, plan),
+                                                    log_path=log_path))
         replayer = _Replayer(plan.camera_topic, camera_type, label_out, info_out, on_label,
                              on_info)
         stack.callback(replayer.close)

@@ -21,7 +21,7 @@ _PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILE
 
 def large_image_profile() -> Path | None:
     """config/fastdds_large_images.xml from the source tree or the installed share folder."""
-    local = Path(__file__).resolve().parents[1] / "config" / PROFILE_NAME
+    local = Path(__file__).resolve().parents[2] / "config" / PROFILE_NAME
     if local.is_file():
         return local
     try:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from dfanet_model.args import parse_size
 
-from .bag import STORAGES, BagError
-from .bag_make import DEFAULT_LABEL_TOPIC, DEFAULT_TOPIC
+from .io import STORAGES, BagError
+from .make import DEFAULT_LABEL_TOPIC, DEFAULT_TOPIC
 
 
 def _positive(text: str) -> float:
@@ -100,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_make(args: argparse.Namespace) -> int:
-    from .bag_make import make_bag
+    from .make import make_bag
 
     try:
         made = make_bag(args.out, args.source, split=args.split, dataset=args.dataset,
@@ -119,7 +119,7 @@ def run_make(args: argparse.Namespace) -> int:
 
 
 def eval_options(args: argparse.Namespace):
-    from .bag_eval import EvalOptions
+    from .evaluate import EvalOptions
 
     out = args.out or args.bag.parent / f"{args.bag.name}_eval_{args.mode}"
     return EvalOptions(
@@ -134,7 +134,7 @@ def eval_options(args: argparse.Namespace):
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from .bag_eval import evaluate_and_report
+    from .evaluate import evaluate_and_report
 
     opts = eval_options(args)
     status = evaluate_and_report(opts, "dfanet bag eval")
