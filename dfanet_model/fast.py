@@ -63,21 +63,19 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 
 def fold_batch_norms(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` in eval mode with every Conv2d -> BatchNorm2d pair folded.
+    """A deep copy of ``model`` in eval mode with every conv -> batch norm pair folded.
 
-    Pairs are found as consecutive children of an ``nn.Sequential`` (every ``ConvNormAct`` of
-    the network); the batch norm is replaced by ``nn.Identity`` so module names stay stable.
+    A pair is a module with a ``conv`` (Conv2d) and a ``bn`` (BatchNorm2d) attribute, applied
+    in that order: every ``ConvNormAct`` of the network.  The batch norm is replaced by
+    ``nn.Identity`` so module names stay stable.
     """
     folded = copy.deepcopy(model).eval()
     for module in folded.modules():
-        if not isinstance(module, nn.Sequential):
-            continue
-        names = list(module._modules)
-        for first, second in zip(names[:-1], names[1:], strict=True):
-            conv, bn = module._modules[first], module._modules[second]
-            if isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d:
-                module._modules[first] = fold_conv_bn(conv, bn)
-                module._modules[second] = nn.Identity()
+        conv, bn = getattr(module, "conv", None), getattr(module, "bn", None)
+        # Exactly BatchNorm2d: a subclass (e.g. SyncBatchNorm) may compute something else.
+        if isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d:
+            module.conv = fold_conv_bn(conv, bn)
+            module.bn = nn.Identity()
     for p in folded.parameters():
         p.requires_grad_(False)
     return folded

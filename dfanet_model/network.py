@@ -13,6 +13,12 @@ Modules mirror the boxes of the paper's Figure 3:
 * ``Decoder``                fuses the three high-level and three low-level features
 * ``DFANet``                 three backbones chained by sub-network and sub-stage aggregation
 
+Parts are named attributes, so a state-dict key is a readable path, e.g.
+``backbones.0.enc2.0.conv3.pw.bn.weight``: backbone 0, stage enc2, block 0, third separable
+conv, its pointwise conv's norm.  Parameters are registered in the order the old
+``nn.Sequential`` layout had, since optimizer states saved in training checkpoints refer to
+parameters by position.
+
 Variants are rows of a table (``VARIANTS``); ``build_dfanet`` is the only builder.  Every
 resize goes to the exact size of the tensor it joins, so any input size works and the logits
 always have the input's height and width.
@@ -20,7 +26,7 @@ always have the input's height and width.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,8 +58,8 @@ def _relu() -> nn.Module:
     return nn.ReLU(inplace=True)
 
 
-class ConvNormAct(nn.Sequential):
-    """Convolution, normalisation and (optional) activation."""
+class ConvNormAct(nn.Module):
+    """Convolution, normalisation and (optional) activation, named ``conv``, ``bn``, ``act``."""
 
     def __init__(
         self,
@@ -65,27 +71,30 @@ class ConvNormAct(nn.Sequential):
         norm_layer: NormLayer = nn.BatchNorm2d,
         act_layer: ActLayer | None = _relu,
     ) -> None:
-        layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2,
-                      groups=groups, bias=False),
-            norm_layer(out_channels),
-        ]
-        if act_layer is not None:
-            layers.append(act_layer())
-        super().__init__(*layers)
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2,
+                              groups=groups, bias=False)
+        self.bn = norm_layer(out_channels)
+        self.act = act_layer() if act_layer is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
 
 
-class SeparableConv(nn.Sequential):
-    """Depthwise 3x3 conv then pointwise 1x1 conv, each normalised."""
+class SeparableConv(nn.Module):
+    """Depthwise 3x3 conv (``dw``) then pointwise 1x1 conv (``pw``), each normalised."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
                  norm_layer: NormLayer = nn.BatchNorm2d,
                  act_layer: ActLayer | None = _relu) -> None:
-        super().__init__(
-            ConvNormAct(in_channels, in_channels, 3, stride, groups=in_channels,
-                        norm_layer=norm_layer, act_layer=None),
-            ConvNormAct(in_channels, out_channels, 1, norm_layer=norm_layer, act_layer=act_layer),
-        )
+        super().__init__()
+        self.dw = ConvNormAct(in_channels, in_channels, 3, stride, groups=in_channels,
+                              norm_layer=norm_layer, act_layer=None)
+        self.pw = ConvNormAct(in_channels, out_channels, 1, norm_layer=norm_layer,
+                              act_layer=act_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pw(self.dw(x))
 
 
 class ProjectionShortcut(ConvNormAct):
@@ -116,24 +125,18 @@ class XceptionBlock(nn.Module):
                  norm_layer: NormLayer = nn.BatchNorm2d) -> None:
         super().__init__()
         c1, c2, c3 = channels
-        self.convs = nn.Sequential(
-            SeparableConv(in_channels, c1, stride, norm_layer),
-            SeparableConv(c1, c2, 1, norm_layer),
-            SeparableConv(c2, c3, 1, norm_layer, act_layer=None),
-        )
+        self.conv1 = SeparableConv(in_channels, c1, stride, norm_layer)
+        self.conv2 = SeparableConv(c1, c2, 1, norm_layer)
+        self.conv3 = SeparableConv(c2, c3, 1, norm_layer, act_layer=None)
         if stride != 1 or in_channels != c3:
             self.shortcut: nn.Module = ProjectionShortcut(in_channels, c3, stride, norm_layer)
         else:
             self.shortcut = nn.Identity()
 
-    @property
-    def last_norm(self) -> nn.Module:
-        """The residual branch's final norm layer (zeroed at initialisation)."""
-        return self.convs[-1][-1][1]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = self.conv3(self.conv2(self.conv1(x)))
         # Not in place: the shortcut still needs x for the backward pass.
-        return F.relu(self.convs(x) + self.shortcut(x))
+        return F.relu(residual + self.shortcut(x))
 
 
 class EncoderStage(nn.Sequential):
@@ -164,12 +167,20 @@ class FCAttention(nn.Module):
         return x * torch.sigmoid(weights)
 
 
+class BackboneFeatures(NamedTuple):
+    """What one backbone hands on: its stage outputs and its FC-attention output."""
+
+    enc2: torch.Tensor
+    enc3: torch.Tensor
+    enc4: torch.Tensor
+    attention: torch.Tensor
+
+
 class Backbone(nn.Module):
     """One lightweight Xception backbone: enc2, enc3, enc4 and FC attention.
 
-    ``forward`` takes the backbone's input and, for sub-stage aggregation, the enc2/enc3/enc4
-    outputs of the previous backbone (None for the first).  It returns its own enc2, enc3, enc4
-    and FC-attention outputs.
+    ``forward`` takes the backbone's input and, for sub-stage aggregation, the features of the
+    previous backbone (None for the first).  It returns its own ``BackboneFeatures``.
     """
 
     def __init__(self, in_channels: int, cfg: DFANetConfig, aggregated: bool,
@@ -186,11 +197,11 @@ class Backbone(nn.Module):
         self.attention = FCAttention(outs[2], cfg.fc_hidden)
 
     def forward(self, x: torch.Tensor,
-                previous: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+                previous: BackboneFeatures | None = None) -> BackboneFeatures:
         enc2 = self.enc2(x)
-        enc3 = self.enc3(enc2 if previous is None else _join(enc2, previous[1]))
-        enc4 = self.enc4(enc3 if previous is None else _join(enc3, previous[2]))
-        return [enc2, enc3, enc4, self.attention(enc4)]
+        enc3 = self.enc3(enc2 if previous is None else _join(enc2, previous.enc3))
+        enc4 = self.enc4(enc3 if previous is None else _join(enc3, previous.enc4))
+        return BackboneFeatures(enc2, enc3, enc4, self.attention(enc4))
 
 
 def _resize(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -250,10 +261,10 @@ class DFANet(nn.Module):
         feats = self.backbones[0](self.conv1(x))
         outputs = [feats]
         for backbone in self.backbones[1:]:
-            enc2, attention = feats[0], feats[3]
-            feats = backbone(torch.cat([_resize(attention, enc2), enc2], dim=1), feats)
+            feats = backbone(torch.cat([_resize(feats.attention, feats.enc2), feats.enc2], dim=1),
+                             feats)
             outputs.append(feats)
-        logits = self.decoder([f[0] for f in outputs], [f[3] for f in outputs])
+        logits = self.decoder([f.enc2 for f in outputs], [f.attention for f in outputs])
         return _resize(logits, x)
 
     def _init_weights(self) -> None:
@@ -276,7 +287,7 @@ class DFANet(nn.Module):
         # blows up in the first step (as torchvision's zero_init_residual, for the same reason).
         for m in self.modules():
             if isinstance(m, XceptionBlock):
-                nn.init.zeros_(m.last_norm.weight)
+                nn.init.zeros_(m.conv3.pw.bn.weight)
 
 
 def build_dfanet(variant: str = "A", num_classes: int = 19,
@@ -286,13 +297,3 @@ def build_dfanet(variant: str = "A", num_classes: int = 19,
     if key not in VARIANTS:
         raise ValueError(f"unknown DFANet variant {variant!r}; valid: {', '.join(VARIANTS)}")
     return DFANet(VARIANTS[key], num_classes, norm_layer)
-
-
-def dfanet_a(num_classes: int = 19) -> DFANet:
-    """DFANet A (Xception A backbone)."""
-    return build_dfanet("A", num_classes)
-
-
-def dfanet_b(num_classes: int = 19) -> DFANet:
-    """DFANet B (Xception B backbone)."""
-    return build_dfanet("B", num_classes)

@@ -19,7 +19,7 @@ from dfanet_model.fast import (
     prepare_for_inference,
     prepare_labels,
 )
-from dfanet_model.network import build_dfanet
+from dfanet_model.network import ConvNormAct, build_dfanet
 
 # The tolerance every optimised fp32 path is held to, against the eager fp32 model: max
 # |logit difference| below 1e-3 of the logit scale (1 + max |logit|), and the same class on
@@ -76,9 +76,7 @@ def _assert_close(out: torch.Tensor, ref: torch.Tensor) -> None:
 
 def test_fold_is_exact_per_layer() -> None:
     model = _trained_like("A")
-    pairs = [(m[0], m[1]) for m in model.modules()
-             if isinstance(m, nn.Sequential) and len(m) >= 2
-             and isinstance(m[0], nn.Conv2d) and isinstance(m[1], nn.BatchNorm2d)]
+    pairs = [(m.conv, m.bn) for m in model.modules() if isinstance(m, ConvNormAct)]
     assert len(pairs) > 100  # every ConvNormAct of the network
     torch.manual_seed(2)
     with torch.no_grad():
@@ -115,6 +113,20 @@ def test_fold_removes_every_batch_norm_and_leaves_the_original(model: nn.Module)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     assert not folded.training
     assert not any(p.requires_grad for p in folded.parameters())
+
+
+def test_fold_reaches_every_conv_norm_act_and_keeps_the_output(model: nn.Module) -> None:
+    norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    blocks = [name for name, m in model.named_modules() if isinstance(m, ConvNormAct)]
+    assert norms == len(blocks) > 100  # every batch norm sits in a ConvNormAct
+    folded = fold_batch_norms(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    for name in blocks:
+        part = folded.get_submodule(name)
+        assert isinstance(part.bn, nn.Identity) and part.conv.bias is not None, name
+    x = torch.randn(2, 3, 61, 83, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        _assert_close(folded(x), model.eval()(x))
 
 
 @pytest.mark.parametrize(("size", "channels_last"), [

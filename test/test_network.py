@@ -1,4 +1,6 @@
-"""DFANet network: shapes at any size, gradients, determinism, pinned counts."""
+"""DFANet network: shapes at any size, gradients, determinism, pinned counts and layout."""
+import hashlib
+
 import pytest
 import torch
 
@@ -76,6 +78,48 @@ def test_variants_are_table_rows():
     assert [len(b.enc4) for b in model.backbones] == [4, 4, 4]
 
 
+def _shape_digest(tensors) -> str:
+    shapes = ";".join("x".join(map(str, t.shape)) for t in tensors)
+    return hashlib.sha256(shapes.encode()).hexdigest()[:16]
+
+
+# The shape sequence of the parameters and of the whole state dict, in registration order, as
+# the nn.Sequential layout (keys like conv1.0.weight) had it.  Optimizer states saved in
+# training checkpoints refer to parameters by position, so renaming modules must not reorder.
+@pytest.mark.parametrize("variant,params,state", [
+    ("A", "3e404bb556af8eac", "24161384bc81f483"),
+    ("B", "795664cca64d8e8b", "dda6140c1a2e8254"),
+])
+def test_parameter_order_is_pinned(variant, params, state):
+    model = build_dfanet(variant, 11)
+    assert len(list(model.parameters())) == 821
+    assert _shape_digest(model.parameters()) == params
+    assert _shape_digest(model.state_dict().values()) == state
+
+
+def test_parts_are_named():
+    model = build_dfanet("B", 11)
+    names = [n for n, _ in model.named_parameters()]
+    assert names[:6] == ["conv1.conv.weight", "conv1.bn.weight", "conv1.bn.bias",
+                         "backbones.0.enc2.0.conv1.dw.conv.weight",
+                         "backbones.0.enc2.0.conv1.dw.bn.weight",
+                         "backbones.0.enc2.0.conv1.dw.bn.bias"]
+    assert "backbones.0.enc2.0.shortcut.conv.weight" in names
+    assert "decoder.low.0.conv.weight" in names and "decoder.fuse.bn.weight" in names
+    assert "backbones.0.enc2.1.conv3.pw.bn.running_mean" in model.state_dict()
+    # Each residual branch starts at zero: its last norm's scale is zero.
+    block = model.backbones[1].enc3[2]
+    assert not block.conv3.pw.bn.weight.any() and block.conv2.pw.bn.weight.all()
+
+
+def test_backbone_features_are_named():
+    model = build_dfanet("B", 11).eval()
+    with torch.no_grad():
+        feats = model.backbones[0](model.conv1(torch.randn(1, 3, 64, 64)))
+    assert [f.shape[1] for f in feats] == [32, 64, 128, 128]
+    assert feats.enc2.shape[-2:] == (16, 16) and feats.enc4.shape == feats.attention.shape
+
+
 # Pinned so an accidental architecture change fails; `dfanet info` explains the paper gap.
 @pytest.mark.parametrize("variant,size,params,macs", [
     ("A", (1024, 1024), 1_830_475, 2_884_383_744),
@@ -132,9 +176,9 @@ def test_projection_shortcut_equals_a_strided_1x1_conv(size):
     torch.manual_seed(0)
     shortcut = ProjectionShortcut(8, 32, stride=2).eval()
     conv = torch.nn.Conv2d(8, 32, 1, stride=2, bias=False)
-    conv.weight.data.copy_(shortcut[0].weight)
+    conv.weight.data.copy_(shortcut.conv.weight)
     x = torch.randn(2, 8, *size)
     with torch.no_grad():
-        expected = shortcut[1](conv(x))
+        expected = shortcut.bn(conv(x))
         # Same products and sums; oneDNN may order the sums differently for another shape.
         torch.testing.assert_close(shortcut(x), expected, rtol=1e-6, atol=1e-6)

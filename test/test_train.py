@@ -118,7 +118,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, sample_camvid, r
     assert a["iteration"] == b["iteration"] == 4
     for key in ("model", "optimizer", "scheduler", "rng", "best_miou", "best_iteration"):
         _state_equal(a[key], b[key], key)
-    assert not torch.equal(a["model"]["conv1.0.weight"], half["model"]["conv1.0.weight"])
+    assert not torch.equal(a["model"]["conv1.conv.weight"], half["model"]["conv1.conv.weight"])
     evals = [[(r["iteration"], r["miou"]) for r in log_records(tmp_path / d)
               if r["event"] == "eval"] for d in ("a", "b")]
     assert evals[0] == evals[1]
