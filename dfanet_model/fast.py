@@ -15,9 +15,9 @@ Backends (each one checked against the eager model by ``test/test_fast.py``):
                    figures in BENCHMARKS.md).
 
 Around the network: ``Normalise`` (the one normalisation), ``ImageToLabels`` and
-``prepare_labels`` (uint8 image to labels) and ``capture_cuda_graph``.  The segmentation
-engine (``dfanet_ros.engine``) is built from these same parts, so what the benchmarks time is
-what the node runs.
+``prepare_labels`` (uint8 image to labels) and ``capture_cuda_graph``.  The node's
+segmentation engine is built from these same parts, so what the benchmarks time is what the
+node runs.
 """
 from __future__ import annotations
 

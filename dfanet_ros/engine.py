@@ -169,7 +169,7 @@ class SegmentationEngine:
         # the first frame of a new model size takes seconds on a small CPU.  Channels-last
         # pays on the GPU's tensor cores; on the CPU the plain layout measured faster.
         self.model = prepare_for_inference(model, self.device, half=fp16, backend=backend,
-                                           channels_last=self.device.type == "cuda").eval()
+                                           channels_last=self.device.type == "cuda")
         self.backend = getattr(self.model, "backend", backend)
         self._normalise = Normalise(self.card.mean, self.card.std).to(self.device)
         self._palette = torch.tensor(self.card.class_colors, dtype=torch.uint8,
