@@ -181,10 +181,10 @@ def run(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError, load_model
     from .classes import CLASS_TABLES
     from .data import DataError, open_split
-    from .distributed import resolve_device
+    from .device import DeviceError, resolve_device
 
-    device = resolve_device(args.device)
     try:
+        device = resolve_device(args.device)
         model, card = load_model(args.checkpoint, device)
         dataset = args.dataset or card.dataset
         table = CLASS_TABLES.get(dataset)
@@ -202,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
                           card.num_classes, split.table.ignore_index, card.mean, card.std,
                           size=args.size, precision=args.precision, names=split.names,
                           per_frame=args.per_frame is not None)
-    except (CheckpointError, DataError) as e:
+    except (CheckpointError, DataError, DeviceError) as e:
         print(f"dfanet eval: {e}", file=sys.stderr)
         return 1
     title = (f"DFANet {card.variant} ({args.checkpoint}) on {dataset} {args.split}: "

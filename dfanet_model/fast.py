@@ -13,6 +13,11 @@ Backends (each one checked against the eager model by ``test/test_fast.py``):
                    shape-dependent resizes), graph optimisation level ALL.
 * ``auto``         the backend measured fastest on that kind of device (``AUTO_BACKEND``;
                    figures in BENCHMARKS.md).
+
+Around the network: ``Normalise`` (the one normalisation), ``ImageToLabels`` and
+``prepare_labels`` (uint8 image to labels) and ``capture_cuda_graph``.  The node's
+segmentation engine is built from these same parts, so what the benchmarks time is what the
+node runs.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import copy
 import importlib.util
 import io
 import warnings
-from typing import Callable, Sequence
+from typing import Any, Callable, Generic, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -32,6 +37,8 @@ BACKENDS = ("auto", "eager", "compile", "onnxruntime")
 # yet; the eager backend in fp16 under a CUDA graph (the engine's default) is the safe choice
 # until scripts/gpu_bench.sh has compared it with torch.compile.
 AUTO_BACKEND = {"cpu": "onnxruntime", "cuda": "eager"}
+
+_T = TypeVar("_T")
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -192,6 +199,28 @@ def prepare_for_inference(model: nn.Module, device: torch.device | str = "cpu",
                      getattr(model, "num_classes", None)).eval()
 
 
+class Normalise(nn.Module):
+    """Float RGB images (N, 3, H, W) in 0..255 -> ``(x / 255 - mean) / std`` per channel.
+
+    One multiply and one add in float32: every inference path (``ImageToLabels``, the
+    segmentation engine, the benchmarks) normalises here.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        # The constants in float32 arithmetic too, as the node's engine has always computed
+        # them: rounding them otherwise moves a few near-tie pixels of its label maps.
+        mean_t = torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1)
+        # (x / 255 - mean) / std == x * scale + shift
+        self.register_buffer("scale", 1.0 / (255.0 * std_t), persistent=False)
+        self.register_buffer("shift", -mean_t / std_t, persistent=False)
+
+    def forward(self, image: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``out`` (may be ``image`` itself) receives the result instead of a new tensor."""
+        return torch.mul(image, self.scale, out=out).add_(self.shift)
+
+
 class ImageToLabels(nn.Module):
     """uint8 images (N, H, W, 3) RGB -> uint8 label maps (N, H, W): normalise, model, argmax.
 
@@ -206,18 +235,14 @@ class ImageToLabels(nn.Module):
         self.model = model
         self.dtype = dtype
         self.backend = getattr(model, "backend", "eager")
-        mean_t = torch.tensor(mean, dtype=torch.float64).reshape(1, 3, 1, 1)
-        std_t = torch.tensor(std, dtype=torch.float64).reshape(1, 3, 1, 1)
-        # (x / 255 - mean) / std == x * scale + shift
-        self.register_buffer("scale", (1.0 / (255.0 * std_t)).float(), persistent=False)
-        self.register_buffer("shift", (-mean_t / std_t).float(), persistent=False)
+        self.norm = Normalise(mean, std)
 
     def normalise(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) channels-last, normalised."""
         if image.dim() != 4 or image.shape[-1] != 3 or image.dtype != torch.uint8:
             raise ValueError(f"expected uint8 RGB images of shape (N, H, W, 3), got "
                              f"{image.dtype} {tuple(image.shape)}")
-        return image.permute(0, 3, 1, 2).float() * self.scale + self.shift
+        return self.norm(image.permute(0, 3, 1, 2).float())
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         logits = self.model(self.normalise(image).to(self.dtype))
@@ -242,35 +267,71 @@ def prepare_labels(model: nn.Module, mean: Sequence[float], std: Sequence[float]
     return _PerShape(pipeline, _ort_build, "onnxruntime").eval()
 
 
-def capture_cuda_graph(fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor,
-                       warmup: int = 3) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Record ``fn(example)`` into a CUDA graph; the returned callable copies its input into the
-    graph's static input, replays it and returns the static output (overwritten by the next
-    call: clone it to keep it).  Inputs must have ``example``'s shape, dtype and device.
+class CudaGraph(Generic[_T]):
+    """A function recorded once into a CUDA graph by ``capture_cuda_graph``.
+
+    Calling it copies new inputs into the static ones, replays the graph and returns the
+    function's outputs as captured: the same tensors on every call, overwritten by the next
+    (clone them to keep them).
     """
-    if example.device.type != "cuda":
-        raise ValueError(f"CUDA graphs need a CUDA tensor, got one on {example.device}")
-    static_in = example.clone()
+
+    def __init__(self, graph: torch.cuda.CUDAGraph, inputs: tuple[torch.Tensor, ...],
+                 outputs: _T) -> None:
+        self.graph = graph
+        self.inputs = inputs
+        self.outputs = outputs
+
+    @property
+    def pool(self) -> Any:
+        """The graph's memory pool: graphs that share it (and run one at a time) share memory."""
+        return self.graph.pool()
+
+    def __call__(self, *inputs: torch.Tensor) -> _T:
+        if len(inputs) != len(self.inputs):
+            raise ValueError(f"this CUDA graph takes {len(self.inputs)} input(s), "
+                             f"got {len(inputs)}")
+        for static, x in zip(self.inputs, inputs, strict=True):
+            if x.shape != static.shape or x.dtype != static.dtype:
+                raise ValueError(f"this CUDA graph was captured for {tuple(static.shape)} "
+                                 f"{static.dtype}, got {tuple(x.shape)} {x.dtype}")
+            static.copy_(x)
+        self.graph.replay()
+        return self.outputs
+
+
+def capture_cuda_graph(fn: Callable[..., _T], *examples: torch.Tensor, warmup: int = 3,
+                       device: torch.device | str | None = None, pool: Any = None
+                       ) -> CudaGraph[_T]:
+    """Record ``fn(*static_inputs)`` into a CUDA graph, the static inputs being copies of
+    ``examples`` (later inputs must have their shapes, dtypes and devices).
+
+    ``fn`` may return a tensor, several (e.g. labels and confidence), or nothing when it writes
+    into buffers of its own: whatever it returns is what the graph returns.  Without examples
+    ``fn`` takes no argument and ``device`` names the GPU.  ``pool``: a memory pool to share
+    (``CudaGraph.pool`` of another graph over the same buffers).
+    """
+    for example in examples:
+        if example.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA tensor, got one on {example.device}")
+    if device is None:
+        if not examples:
+            raise ValueError("capture_cuda_graph needs example inputs or a device")
+        device = examples[0].device
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise ValueError(f"CUDA graphs need a CUDA device, got {device}")
+    static_in = tuple(example.clone() for example in examples)
     # Warm up on a side stream, as torch.cuda.graph's documentation asks: lazy initialisation
     # (cuDNN algorithm search, library handles and workspaces, compilation) must happen before
     # capture.  Capturing on that same stream finds the per-stream handles already made.
-    side = torch.cuda.Stream(device=example.device)
-    side.wait_stream(torch.cuda.current_stream(example.device))
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
     with torch.no_grad(), torch.cuda.stream(side):
         for _ in range(warmup):
-            fn(static_in)
+            fn(*static_in)
     side.synchronize()
     graph = torch.cuda.CUDAGraph()
-    with torch.no_grad(), torch.cuda.graph(graph, stream=side):
-        static_out = fn(static_in)
-    torch.cuda.current_stream(example.device).wait_stream(side)
-
-    def replay(x: torch.Tensor) -> torch.Tensor:
-        if x.shape != static_in.shape or x.dtype != static_in.dtype:
-            raise ValueError(f"this CUDA graph was captured for {tuple(static_in.shape)} "
-                             f"{static_in.dtype}, got {tuple(x.shape)} {x.dtype}")
-        static_in.copy_(x)
-        graph.replay()
-        return static_out
-
-    return replay
+    with torch.no_grad(), torch.cuda.graph(graph, pool=pool, stream=side):
+        static_out = fn(*static_in)
+    torch.cuda.current_stream(device).wait_stream(side)
+    return CudaGraph(graph, static_in, static_out)

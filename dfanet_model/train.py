@@ -61,6 +61,7 @@ from .data import (
     median_frequency_weights,
     sample_indices,
 )
+from .device import DeviceError
 from .evaluate import (
     EvalResult,
     _json_safe,
@@ -790,6 +791,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         return main(cfg, run_dir, RunOptions(args.resume, args.time_budget * 60,
                                              args.stop_after, args.benchmark_steps))
-    except (ConfigError, DataError, CheckpointError, FloatingPointError) as e:
+    except (ConfigError, DataError, CheckpointError, DeviceError, FloatingPointError) as e:
         print(f"dfanet train: {e}", file=sys.stderr)
         return 1

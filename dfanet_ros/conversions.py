@@ -3,21 +3,24 @@
 No cv_bridge (PyPI's is ROS 1 code): raw images become numpy views of the message buffer (no
 copy, ``step`` padding honoured), compressed ones are decoded with Pillow.  Every refusal is a
 ``BadImage`` whose ``fault`` is one short word (counted per fault in the node's diagnostics)
-and whose message says what is wrong.
+and whose message says what is wrong.  No torch: the node checks frames without the engine.
 """
 from __future__ import annotations
 
 import array
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from dfanet_model.checkpoint import ModelCard
 from dfanet_ros.msg import ClassMap
 
-from .engine import ENCODING_CHANNELS
+from .encodings import ENCODING_CHANNELS, YUV422_LAYOUT
+
+if TYPE_CHECKING:  # the card's module imports torch; conversions only read its fields
+    from dfanet_model.checkpoint import ModelCard
 
 # The faults a camera frame can have, as counted in diagnostics (``bad_<fault>``); "engine" is
 # a frame the checks passed but the engine failed on (the node counts it and carries on).
@@ -56,7 +59,7 @@ def check_image(msg: Image, max_pixels: int) -> int:
     if len(msg.data) < step * height:
         raise BadImage("short_data", f"{len(msg.data)} data bytes < step {step} x height "
                                      f"{height} = {step * height}")
-    if channels == 2 and width % 2:
+    if msg.encoding in YUV422_LAYOUT and width % 2:
         raise BadImage("odd_width", f"{msg.encoding} needs an even width, got {width}")
     return channels
 

@@ -24,6 +24,11 @@ On CUDA the whole pipeline, upload and download included, is captured in a CUDA 
 plan and output set after a warm-up, so a frame costs one host copy, one graph replay and one
 synchronisation.  The CUDA-only code is ``_capture`` and the pinned/upload/download branches;
 everything else runs, and is tested, on the CPU.
+
+The inference parts are the library's (``dfanet_model.fast``), the ones its benchmarks time:
+``Normalise``, ``prepare_for_inference`` (batch norm folded, fp16, backend) and
+``capture_cuda_graph``.  The engine adds what a camera frame needs around them: encodings,
+resizing, plans, the top class and its probability, colours and the overlay.
 """
 from __future__ import annotations
 
@@ -37,9 +42,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from dfanet_model.checkpoint import ModelCard, load_model
+from dfanet_model.device import DeviceError, resolve_device
+from dfanet_model.fast import CudaGraph, Normalise, capture_cuda_graph, prepare_for_inference
+
+from .encodings import ENCODING_CHANNELS, RGB_ORDER, YUV422_LAYOUT
 
 log = logging.getLogger("dfanet.engine")
 
@@ -47,57 +55,11 @@ ALL_OUTPUTS: frozenset[str] = frozenset({"label", "color", "overlay", "confidenc
 # Not an image: the frame's mean top-class probability alone (EngineResult.mean_confidence).
 MEAN_CONFIDENCE = "mean_confidence"
 
-# Bytes per pixel of each supported encoding (the C of the (H, W, C) array run() takes).
-ENCODING_CHANNELS: dict[str, int] = {
-    "rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1,
-    # 4:2:2 YUV, two bytes per pixel: "yuv422" and "uyvy" are U Y0 V Y1, "yuv422_yuy2" and
-    # "yuyv" are Y0 U Y1 V (names from sensor_msgs/image_encodings).
-    "yuv422": 2, "uyvy": 2, "yuv422_yuy2": 2, "yuyv": 2,
-}
-# Source channel of R, G, B for the byte-per-channel encodings.
-_RGB_ORDER: dict[str, tuple[int, int, int]] = {
-    "rgb8": (0, 1, 2), "rgba8": (0, 1, 2), "bgr8": (2, 1, 0), "bgra8": (2, 1, 0),
-    "mono8": (0, 0, 0),
-}
-# (luma byte, chroma byte) within each 2-byte pixel of the YUV encodings.
-_YUV_LAYOUT: dict[str, tuple[int, int]] = {
-    "yuv422": (1, 0), "uyvy": (1, 0), "yuv422_yuy2": (0, 1), "yuyv": (0, 1),
-}
 MAX_PLANS = 4
 # Bytes that the plans kept between frames may hold together: MAX_PLANS 1920x1080 rgb8 plans
 # fit on the CPU (49 MiB each), three on CUDA (about 70 MiB each, host and device); a frame
 # needing more than the budget is planned for itself alone.
 PLAN_BUDGET = 256 * 2**20
-
-
-class DeviceError(ValueError):
-    """A device string that cannot be used on this machine; the message says why."""
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto | cpu | cuda | cuda:N`` as a torch device, refusing what this machine lacks."""
-    name = device.strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        try:
-            dev = torch.device(name)
-        except RuntimeError:
-            raise DeviceError(f"device {device!r} is not a valid CUDA device "
-                              "(use cuda or cuda:N)") from None
-        if not torch.cuda.is_available():
-            why = ("this PyTorch build has no CUDA support" if torch.version.cuda is None
-                   else "no CUDA GPU is visible")
-            raise DeviceError(f"device {device!r} requested but CUDA is not available ({why}); "
-                              "use device 'cpu' or 'auto'")
-        index = 0 if dev.index is None else dev.index
-        if index >= torch.cuda.device_count():
-            raise DeviceError(f"device {device!r} requested but only "
-                              f"{torch.cuda.device_count()} CUDA device(s) exist")
-        return torch.device("cuda", index)
-    raise DeviceError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N")
 
 
 @dataclass
@@ -148,7 +110,7 @@ class _Plan:
     host_confidence: torch.Tensor
     host_counts: torch.Tensor
     host_mean_confidence: torch.Tensor
-    graphs: dict[frozenset[str], object] = field(default_factory=dict)
+    graphs: dict[frozenset[str], CudaGraph] = field(default_factory=dict)
     graph_pool: object | None = None
     graph_failed: bool = False
     kept: bool = True              # False: over the budget, planned for one frame only
@@ -202,13 +164,14 @@ class SegmentationEngine:
         self.model_size: tuple[int, int] = (
             tuple(self.card.input_size) if model_size is None else model_size)  # type: ignore
         self.use_cuda_graph = use_cuda_graph and self.device.type == "cuda"
-        self.model = _prepare_model(model, self.device, fp16, backend)
+        # The network as the benchmarks run it: batch norm folded, fp16 on request, run by
+        # ``backend``.  Traced backends (onnxruntime) build once per network input shape, so
+        # the first frame of a new model size takes seconds on a small CPU.  Channels-last
+        # pays on the GPU's tensor cores; on the CPU the plain layout measured faster.
+        self.model = prepare_for_inference(model, self.device, half=fp16, backend=backend,
+                                           channels_last=self.device.type == "cuda")
         self.backend = getattr(self.model, "backend", backend)
-        std = torch.tensor(self.card.std, dtype=torch.float32)
-        mean = torch.tensor(self.card.mean, dtype=torch.float32)
-        # (x / 255 - mean) / std as one multiply-add.
-        self._scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1).to(self.device)
-        self._shift = (-mean / std).view(1, 3, 1, 1).to(self.device)
+        self._normalise = Normalise(self.card.mean, self.card.std).to(self.device)
         self._palette = torch.tensor(self.card.class_colors, dtype=torch.uint8,
                                      device=self.device)
         self._plans: OrderedDict[tuple[int, int, str], _Plan] = OrderedDict()
@@ -323,9 +286,9 @@ class SegmentationEngine:
         # rgb; label, colour, overlay, confidence (+ host copies)
         per_pixel += 12 + 8 + (8 if cuda else 0)
         per_pixel += 12 if same else 0            # norm
-        per_pixel += 4 if encoding in _YUV_LAYOUT else 0  # luma
+        per_pixel += 4 if encoding in YUV422_LAYOUT else 0  # luma
         total = per_pixel * pixels + 4 * model_pixels + 4  # pixel weights, keep
-        if encoding in _YUV_LAYOUT:
+        if encoding in YUV422_LAYOUT:
             total += 2 * 4 * height * (width // 2)          # u, v
         if not same:
             # indices; label, colour and confidence intermediates (the smaller order)
@@ -360,7 +323,7 @@ class SegmentationEngine:
             col_w = torch.bincount(cols, minlength=mw).float()
             pixel_weight = (row_w[:, None] * col_w[None, :]).reshape(-1).contiguous()
         yuv = None
-        if encoding in _YUV_LAYOUT:
+        if encoding in YUV422_LAYOUT:
             yuv = (torch.empty(height, width, **f32), torch.empty(height, width // 2, **f32),
                    torch.empty(height, width // 2, **f32))
         dev_label = torch.empty(height, width, **u8)
@@ -404,7 +367,7 @@ class SegmentationEngine:
         if graph is None and self.use_cuda_graph and plan.kept and not plan.graph_failed:
             graph = self._capture(plan, outputs)
         if graph is not None:
-            graph.replay()  # type: ignore[attr-defined]
+            graph()
         else:
             with torch.no_grad():
                 self._pipeline(plan, outputs)
@@ -421,9 +384,9 @@ class SegmentationEngine:
         image = plan.rgb.permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W) view
         if plan.norm is None:
             x = F.interpolate(image, size=plan.model_hw, mode="bilinear", align_corners=False)
-            x.mul_(self._scale).add_(self._shift)
+            x = self._normalise(x, out=x)
         else:
-            x = torch.mul(image, self._scale, out=plan.norm).add_(self._shift)
+            x = self._normalise(image, out=plan.norm)
         small, probability = _top_class(self.model(x), MEAN_CONFIDENCE in outputs)
         flat = small.reshape(-1)
         plan.dev_counts.zero_().index_add_(0, flat, plan.pixel_weight)
@@ -455,43 +418,22 @@ class SegmentationEngine:
                                               plan.dev_mean_confidence)}[name]
                 dst.copy_(src, non_blocking=True)
 
-    def _capture(self, plan: _Plan, outputs: frozenset[str]) -> object | None:
-        """CUDA only: warm up on a side stream, then capture the pipeline in a CUDA graph."""
+    def _capture(self, plan: _Plan, outputs: frozenset[str]) -> CudaGraph | None:
+        """CUDA only: the pipeline over the plan's buffers as a CUDA graph (one pool a plan)."""
         try:
-            stream = torch.cuda.Stream(self.device)
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.no_grad(), torch.cuda.stream(stream):
-                for _ in range(3):  # cuDNN autotuning and lazy allocations happen here
-                    self._pipeline(plan, outputs)
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.no_grad(), torch.cuda.graph(graph, pool=plan.graph_pool):
-                self._pipeline(plan, outputs)
-            plan.graph_pool = graph.pool()
+            graph = capture_cuda_graph(lambda: self._pipeline(plan, outputs),
+                                       device=self.device, pool=plan.graph_pool)
         except Exception as e:  # an op or backend that cannot be captured: run eagerly
             plan.graph_failed = True
             torch.cuda.synchronize(self.device)
             log.warning("engine: CUDA graph capture failed for %dx%d %s (%s); running eagerly",
                         plan.height, plan.width, plan.encoding, e)
             return None
+        plan.graph_pool = graph.pool
         plan.graphs[outputs] = graph
         log.info("engine: captured a CUDA graph for %dx%d %s, outputs %s", plan.height,
                  plan.width, plan.encoding, ", ".join(sorted(outputs)) or "none")
         return graph
-
-
-def _prepare_model(model: nn.Module, device: torch.device, fp16: bool, backend: str
-                   ) -> nn.Module:
-    """The inference copy of ``model`` (dfanet_model.fast): batch norm folded, fp16 on request,
-    run by ``backend``.  Traced backends (jit, onnxruntime) build once per network input
-    shape, so the first frame of a new model size takes seconds on a small CPU."""
-    from dfanet_model.fast import BACKENDS, prepare_for_inference
-
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
-    # channels-last pays on the GPU's tensor cores; on the CPU the plain layout measured faster.
-    return prepare_for_inference(model, device, half=fp16, backend=backend,
-                                 channels_last=device.type == "cuda").eval()
 
 
 def _as_hwc(image: np.ndarray, encoding: str) -> np.ndarray:
@@ -510,7 +452,7 @@ def _as_hwc(image: np.ndarray, encoding: str) -> np.ndarray:
                          f"{image.shape}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"empty image of shape {image.shape}")
-    if encoding in _YUV_LAYOUT and image.shape[1] % 2:
+    if encoding in YUV422_LAYOUT and image.shape[1] % 2:
         raise ValueError(f"encoding {encoding} needs an even width, got {image.shape[1]}")
     return image
 
@@ -568,7 +510,7 @@ def _upsample(src: torch.Tensor, plan: _Plan, out: torch.Tensor, tmp: torch.Tens
 def _to_rgb(src: torch.Tensor, encoding: str, out: torch.Tensor,
             yuv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> None:
     """Write the (H, W, C) uint8 frame into ``out`` (H, W, 3) float32 as RGB 0..255."""
-    order = _RGB_ORDER.get(encoding)
+    order = RGB_ORDER.get(encoding)
     if order == (0, 1, 2):
         out.copy_(src[..., :3])
         return
@@ -582,7 +524,7 @@ def _to_rgb(src: torch.Tensor, encoding: str, out: torch.Tensor,
     # 4:2:2 YUV to RGB with the ITU-R BT.601 limited-range matrix (as OpenCV's
     # COLOR_YUV2RGB_UYVY / _YUYV): each chroma pair serves two neighbouring pixels.
     assert yuv is not None
-    luma_byte, chroma_byte = _YUV_LAYOUT[encoding]
+    luma_byte, chroma_byte = YUV422_LAYOUT[encoding]
     height, width = src.shape[:2]
     luma, u, v = yuv
     luma.copy_(src[..., luma_byte]).sub_(16.0).mul_(1.164)

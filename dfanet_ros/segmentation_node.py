@@ -74,61 +74,19 @@ from .conversions import (
     image_to_array,
 )
 from .frame_stats import CameraStats, LatestSlot, RunningMean
+from .parameters import (
+    CONFIDENCE_WINDOW,
+    DYNAMIC_PARAMETERS,
+    PARAMETER_NAMES,
+    PARAMETERS,
+    NodeParameters,
+)
 
 NODE_NAME = "dfanet_segmentation"
-DEFAULT_CAMERA_TOPIC = "camera/image_raw"
 CLASS_MAP_TOPIC = "segmentation/class_map"
 IMAGE_OUTPUTS = ("label", "color", "overlay", "confidence")
 OUTPUT_ENCODINGS = {"label": "mono8", "color": "rgb8", "overlay": "rgb8", "confidence": "mono8"}
 WARN_PERIOD_S = 5.0
-CONFIDENCE_WINDOW = 30  # frames in a camera's running mean confidence
-
-
-# name, default, description, (min, max) for numbers, changes at run time.  "Read on
-# configure" parameters take effect at the next configure transition.
-PARAMETERS: tuple[tuple[str, Any, str, tuple[float, float] | None, bool], ...] = (
-    ("checkpoint", "", "DFANet checkpoint (.safetensors or training .pt); empty: the "
-     "shipped CamVid model", None, False),
-    ("device", "auto", "auto, cpu, cuda or cuda:N", None, False),
-    ("fp16", False, "run the network in half precision (CUDA only)", None, False),
-    ("use_cuda_graph", True, "capture the per-frame pipeline in a CUDA graph", None, False),
-    ("backend", "auto", "how the network runs: auto (fastest measured for the device), eager, "
-     "compile or onnxruntime (CPU)", None, False),
-    ("cpu_threads", 0, "PyTorch CPU threads (0: PyTorch's default, all cores)", (0, 256),
-     False),
-    ("model_height", 0, "network input height: 0 = the checkpoint's training size, "
-     "-1 = each image's own size (set model_width alike)", (-1, 16384), False),
-    ("model_width", 0, "network input width: 0 = the checkpoint's training size, "
-     "-1 = each image's own size", (-1, 16384), False),
-    ("camera_topics", [DEFAULT_CAMERA_TOPIC], "camera image topics, relative ones in the "
-     "node's namespace; outputs go to <resolved camera namespace>/segmentation/*", None, False),
-    ("compressed", False, "subscribe to sensor_msgs/CompressedImage on every camera topic "
-     "(topics ending in /compressed always are)", None, False),
-    ("input_reliability", "best_effort", "camera subscription reliability: best_effort or "
-     "reliable", None, False),
-    ("input_depth", 1, "camera subscription queue depth", (1, 100), False),
-    ("output_reliability", "reliable", "output publisher reliability: best_effort or reliable",
-     None, False),
-    ("output_depth", 1, "output publisher queue depth", (1, 100), False),
-    ("overlay_alpha", 0.5, "weight of the colour mask in the overlay (0: camera image only)",
-     (0.0, 1.0), True),
-    ("publish_label", True, "publish segmentation/label", None, True),
-    ("publish_color", True, "publish segmentation/color", None, True),
-    ("publish_overlay", True, "publish segmentation/overlay", None, True),
-    ("publish_confidence", True, "publish segmentation/confidence", None, True),
-    ("publish_info", True, "publish segmentation/info", None, True),
-    ("min_mean_confidence", 0.5, "a camera's /diagnostics status is WARN while its running "
-     f"mean confidence (last {CONFIDENCE_WINDOW} frames) is below this (0: never; the "
-     "confidence is then computed only for confidence and info subscribers)", (0.0, 1.0),
-     True),
-    ("max_image_pixels", 4096 * 4096, "frames with more pixels are refused as bad input",
-     (1, 1 << 30), False),
-    ("diagnostics_period", 1.0, "seconds between /diagnostics messages (0: none)",
-     (0.0, 3600.0), False),
-    ("autostart", True, "configure and activate at start-up without a lifecycle manager",
-     None, False),
-)
-_DYNAMIC = {name for name, *_, dynamic in PARAMETERS if dynamic}
 
 
 def output_topic(camera_topic: str, output: str) -> str:
@@ -169,7 +127,6 @@ class SegmentationNode(LifecycleNode):
             self.declare_parameter(name, default, _descriptor(name, default, description,
                                                                bounds, dynamic))
         self._warn_unknown_overrides()
-        self._dynamic = {name: self.get_parameter(name).value for name in _DYNAMIC}
         self.add_post_set_parameters_callback(self._on_parameters_set)
         self.engine: Any = None
         self._engine_lock = threading.Lock()
@@ -179,7 +136,8 @@ class SegmentationNode(LifecycleNode):
         self._class_map_pub: Any = None
         self._diag_pub: Any = None
         self._diag_timer: Any = None
-        self._config: dict[str, Any] = {}
+        # Read at configure; the run-time parameters are replaced in it as they change.
+        self._params: NodeParameters | None = None
 
     # ------------------------------------------------------------------------------------
     # Lifecycle
@@ -197,23 +155,24 @@ class SegmentationNode(LifecycleNode):
         from .engine import DeviceError, SegmentationEngine
 
         try:
-            config = self._read_configuration()
-            if config["cpu_threads"]:
+            params = NodeParameters.from_values(
+                {name: self.get_parameter(name).value for name in PARAMETER_NAMES})
+            if params.cpu_threads:
                 import torch
-                torch.set_num_threads(config["cpu_threads"])
-            engine = SegmentationEngine(config["checkpoint"], device=config["device"],
-                                        fp16=config["fp16"], model_size=config["model_size"],
-                                        use_cuda_graph=config["use_cuda_graph"],
-                                        backend=config["backend"])
-            self._config, self.engine = config, engine
-            self._create_publishers(config)
+                torch.set_num_threads(params.cpu_threads)
+            engine = SegmentationEngine(params.checkpoint, device=params.device,
+                                        fp16=params.fp16, model_size=params.model_size,
+                                        use_cuda_graph=params.use_cuda_graph,
+                                        backend=params.backend)
+            self._params, self.engine = params, engine
+            self._create_publishers(params)
         except (CheckpointError, DeviceError, ValueError) as e:
             return self._configure_failed(str(e))
         except Exception as e:  # e.g. a backend that fails to build: still one clear line
             return self._configure_failed(f"{type(e).__name__}: {e}")
         self.get_logger().info(
             f"configured: DFANet {engine.card.variant} ({engine.card.num_classes} "
-            f"{engine.card.dataset or 'unknown'} classes) from {config['checkpoint']} on "
+            f"{engine.card.dataset or 'unknown'} classes) from {params.checkpoint} on "
             f"{engine.device}{' fp16' if engine.fp16 else ''} ({engine.backend}); " + ", ".join(
                 f"{c.topic} -> {output_topic(c.topic, '*')}" for c in self._cameras))
         return TransitionCallbackReturn.SUCCESS
@@ -224,22 +183,22 @@ class SegmentationNode(LifecycleNode):
         self._forget_engine()
         return TransitionCallbackReturn.FAILURE
 
-    def _create_publishers(self, config: dict[str, Any]) -> None:
+    def _create_publishers(self, params: NodeParameters) -> None:
         """Lifecycle publishers of every output (ros2/demos lifecycle_py): made here, so that
         they, and the latched class map, outlive a deactivate.  Camera topics are resolved
         (namespace and remapping) first; each camera's outputs derive from its resolved name."""
-        out_qos = _qos(config["output_reliability"], config["output_depth"])
+        out_qos = _qos(params.output_reliability, params.output_depth)
         latched = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                              reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self._class_map_pub = self.create_lifecycle_publisher(ClassMap, CLASS_MAP_TOPIC, latched)
-        for name in config["camera_topics"]:
+        for name in params.camera_topics:
             try:
                 topic = self.resolve_topic_name(name)
             except Exception as e:  # rclpy's RCLError, with the rule the name breaks
                 reason = str(e).split(", at ")[0].removeprefix("failed to resolve name: ")
                 raise ValueError(f"camera topic {name!r}: {reason}") from None
-            compressed = config["compressed"] or topic.endswith("/compressed")
+            compressed = params.compressed or topic.endswith("/compressed")
             camera = _Camera(topic, compressed,
                              stats=self._stats.setdefault(topic, CameraStats()))
             self._cameras.append(camera)  # first, so that a failure below undoes it too
@@ -251,12 +210,13 @@ class SegmentationNode(LifecycleNode):
         if len({c.topic for c in self._cameras}) != len(self._cameras):
             raise ValueError("camera_topics resolve to the same topic twice: "
                              f"{[c.topic for c in self._cameras]}")
-        if config["diagnostics_period"] > 0:
+        if params.diagnostics_period > 0:
             self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics",
                                                              10)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        in_qos = _qos(self._config["input_reliability"], self._config["input_depth"])
+        params = self._params
+        in_qos = _qos(params.input_reliability, params.input_depth)
         result = super().on_activate(state)  # enables the lifecycle publishers
         if result != TransitionCallbackReturn.SUCCESS:
             return result
@@ -269,7 +229,7 @@ class SegmentationNode(LifecycleNode):
                 camera.worker.start()
                 camera.subscription = self._subscribe(camera, in_qos)
             if self._diag_pub is not None:
-                self._diag_timer = self.create_timer(self._config["diagnostics_period"],
+                self._diag_timer = self.create_timer(params.diagnostics_period,
                                                      self._publish_diagnostics)
         except Exception as e:  # undo what was made
             self.get_logger().error(f"cannot activate: {e}")
@@ -346,39 +306,13 @@ class SegmentationNode(LifecycleNode):
     # ------------------------------------------------------------------------------------
     # Parameters
 
-    def _read_configuration(self) -> dict[str, Any]:
-        """The read-on-configure parameters, checked; ValueError names the bad one."""
-        p = {name: self.get_parameter(name).value for name, *_ in PARAMETERS}
-        if not p["checkpoint"]:
-            from dfanet_model.resources import DEFAULT_CHECKPOINT
-            if not DEFAULT_CHECKPOINT.is_file():
-                raise ValueError("no checkpoint: set the 'checkpoint' parameter (the shipped "
-                                 f"default {DEFAULT_CHECKPOINT.name} is not installed)")
-            p["checkpoint"] = str(DEFAULT_CHECKPOINT)
-        for name in ("input_reliability", "output_reliability"):
-            if p[name] not in ("best_effort", "reliable"):
-                raise ValueError(f"parameter {name} must be best_effort or reliable, got "
-                                 f"{p[name]!r}")
-        h, w = p["model_height"], p["model_width"]
-        if (h <= 0 or w <= 0) and h != w:
-            raise ValueError(f"model_height {h} and model_width {w}: set both to a size, both "
-                             "to 0 (checkpoint's size) or both to -1 (each image's own size)")
-        p["model_size"] = None if h == 0 else (0, 0) if h == -1 else (h, w)
-        topics = [t for t in p["camera_topics"] if t]
-        if not topics or len(set(topics)) != len(topics):
-            raise ValueError(f"camera_topics must list distinct topics, got {p['camera_topics']}")
-        p["camera_topics"] = topics
-        return p
-
     def _on_parameters_set(self, params: list[Any]) -> None:
         """After a successful set (types and ranges checked by their descriptors): run-time
         switches apply at once, the rest wait for the next configure."""
-        later = []
-        for param in params:
-            if param.name in _DYNAMIC:
-                self._dynamic[param.name] = param.value
-            elif param.name in {name for name, *_ in PARAMETERS}:
-                later.append(param.name)
+        if self._params is not None:  # before configure, configure reads them all
+            self._params = self._params.with_changes({p.name: p.value for p in params})
+        later = [p.name for p in params
+                 if p.name in PARAMETER_NAMES and p.name not in DYNAMIC_PARAMETERS]
         if later:
             self.get_logger().info(f"{', '.join(later)} will apply at the next configure")
 
@@ -388,7 +322,7 @@ class SegmentationNode(LifecycleNode):
         unknown = sorted(n for n in overrides if not self.has_parameter(n)
                          and not n.startswith("qos_overrides."))
         if unknown:
-            known = ", ".join(name for name, *_ in PARAMETERS)
+            known = ", ".join(PARAMETER_NAMES)
             self.get_logger().warning(f"ignoring unknown parameter(s) {', '.join(unknown)}; "
                                       f"this node has: {known}")
 
@@ -419,7 +353,7 @@ class SegmentationNode(LifecycleNode):
                                         info.get("publication_sequence_number"))
         if not camera.compressed:
             try:
-                check_image(msg, self._config["max_image_pixels"])
+                check_image(msg, self._params.max_image_pixels)
             except BadImage as e:
                 self._bad_frame(camera, e)
                 return
@@ -442,13 +376,14 @@ class SegmentationNode(LifecycleNode):
 
     def _process(self, camera: _Camera, msg: Any, received: float, received_ns: int,
                  slot: LatestSlot | None = None) -> None:
-        pubs, switches = camera.publishers, self._dynamic
+        # One snapshot per frame: a parameter set meanwhile applies from the next frame.
+        pubs, params = camera.publishers, self._params
         slot = camera.slot if slot is None else slot
-        wanted = frozenset(out for out in IMAGE_OUTPUTS if switches[f"publish_{out}"]
+        wanted = frozenset(out for out in IMAGE_OUTPUTS if params.publishes(out)
                            and pubs[out].get_subscription_count() > 0)
-        want_info = switches["publish_info"] and pubs["info"].get_subscription_count() > 0
+        want_info = params.publish_info and pubs["info"].get_subscription_count() > 0
         # The running mean for /diagnostics needs every frame's; otherwise info asks for it.
-        want_mean = want_info or (switches["min_mean_confidence"] > 0
+        want_mean = want_info or (params.min_mean_confidence > 0
                                   and self._diag_pub is not None)
         if not wanted and not want_info:
             camera.stats.count("unwatched")
@@ -456,7 +391,7 @@ class SegmentationNode(LifecycleNode):
         start = time.perf_counter()
         try:
             if camera.compressed:
-                pixels, encoding = compressed_to_array(msg, self._config["max_image_pixels"])
+                pixels, encoding = compressed_to_array(msg, params.max_image_pixels)
             else:
                 pixels, encoding = image_to_array(msg), msg.encoding
         except BadImage as e:
@@ -468,7 +403,7 @@ class SegmentationNode(LifecycleNode):
             # but not started yet is not run, so deactivate waits for one frame's work at most.
             if self.engine is None or slot.closed:
                 return
-            result = self.engine.run(pixels, encoding, wanted, switches["overlay_alpha"],
+            result = self.engine.run(pixels, encoding, wanted, params.overlay_alpha,
                                      mean_confidence=want_mean)
             inferred = time.perf_counter()
             if result.replanned:
@@ -511,7 +446,7 @@ class SegmentationNode(LifecycleNode):
     # Class map and diagnostics
 
     def _class_map(self) -> ClassMap:
-        return class_map_message(self.engine.card, Path(self._config["checkpoint"]).name)
+        return class_map_message(self.engine.card, Path(self._params.checkpoint).name)
 
     def _device_name(self) -> str:
         return f"{self.engine.device}{' fp16' if self.engine.fp16 else ''}" if self.engine \
@@ -520,12 +455,12 @@ class SegmentationNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
-        model = Path(self._config.get("checkpoint", "")).name
-        size = self._config.get("model_size")
+        params = self._params
+        model, size = Path(params.checkpoint).name, params.model_size
         for camera in self._cameras:
             snap = camera.stats.snapshot()
             level, message = DiagnosticStatus.OK, "running"
-            confidence, floor = camera.confidence.mean(), self._dynamic["min_mean_confidence"]
+            confidence, floor = camera.confidence.mean(), params.min_mean_confidence
             if snap["frames_bad_since_last_report"]:
                 level = DiagnosticStatus.WARN
                 message = f"{snap['frames_bad_since_last_report']} bad frame(s)"

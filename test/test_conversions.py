@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,3 +180,14 @@ def test_class_map_message():
     assert list(msg.colors[:6]) == [*CAMVID.colors[0], *CAMVID.colors[1]]
     assert len(msg.colors) == 33 and msg.ignore_index == 11
     assert (msg.model, msg.dataset) == ("model.safetensors", "camvid")
+
+
+def test_conversions_import_neither_torch_nor_the_engine():
+    """The node checks camera frames before any model is loaded: conversions stay light."""
+    code = ("import sys, dfanet_ros.conversions; "
+            "print(sorted(m for m in ('torch', 'dfanet_ros.engine', 'dfanet_model.checkpoint') "
+            "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -12,8 +12,10 @@ from helpers_ros import SMALL_INPUT, make_checkpoint, read_rgb, torch_threads
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dfanet_model import device, distributed
 from dfanet_model.checkpoint import CheckpointError, load_model
 from dfanet_model.classes import CAMVID
+from dfanet_model.fast import ImageToLabels
 from dfanet_ros.engine import (
     ENCODING_CHANNELS,
     MAX_PLANS,
@@ -116,6 +118,20 @@ def test_native_size_and_eager_backend_agree_with_eager(checkpoint, frame):
     result = engine.run(image)
     assert result.model_size == image.shape[:2]
     assert (result.label == eager_labels(checkpoint, image, image.shape[:2])).mean() > 0.999
+
+
+def test_the_engine_runs_the_benchmarked_inference_path(checkpoint, frame):
+    """The node's path is the one the benchmarks time: the engine's network behind
+    dfanet_model.fast's uint8-image-to-labels pipeline gives the engine's labels."""
+    engine = SegmentationEngine(checkpoint, device="cpu", model_size=(0, 0), backend="eager")
+    image = np.ascontiguousarray(frame[::4, ::4])
+    labels = engine.run(image, outputs=frozenset({"label"})).label
+    pipeline = ImageToLabels(engine.model, engine.card.mean, engine.card.std)
+    with torch.no_grad():
+        reference = pipeline(torch.from_numpy(image)[None])[0].numpy()
+    assert len(np.unique(reference)) >= 3
+    assert (labels == reference).mean() > 0.999
+    assert engine.model.backend == engine.backend == "eager"
 
 
 def test_color_overlay_and_fractions(engine, frame):
@@ -320,6 +336,9 @@ def test_cuda_without_cuda_is_a_clear_error(checkpoint):
 
 
 def test_device_names(checkpoint, caplog):
+    # One resolver for the library and the node: training and evaluation refuse alike.
+    assert resolve_device is device.resolve_device is distributed.resolve_device
+    assert resolve_device(" CPU ").type == "cpu"
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(DeviceError, match="unknown device 'tpu'"):

@@ -13,6 +13,7 @@ from torch import nn
 from dfanet_model.fast import (
     BACKENDS,
     ImageToLabels,
+    Normalise,
     capture_cuda_graph,
     fold_batch_norms,
     fold_conv_bn,
@@ -201,9 +202,64 @@ def test_image_to_labels_matches_normalise_then_argmax() -> None:
         pipeline(torch.zeros(1, 3, 8, 8))
 
 
+def test_normalise_is_the_card_formula_in_place_or_not() -> None:
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    x = torch.rand(2, 3, 5, 7, generator=torch.Generator().manual_seed(8)) * 255
+    ref = (x.double() / 255 - torch.tensor(mean).reshape(1, 3, 1, 1)) \
+        / torch.tensor(std).reshape(1, 3, 1, 1)
+    norm = Normalise(mean, std)
+    out = norm(x)
+    assert out.dtype == torch.float32 and (out - ref).abs().max().item() < 1e-5
+    buffer = torch.empty_like(x)
+    assert norm(x, out=buffer) is buffer and torch.equal(buffer, out)
+    assert norm(x, out=x) is x and torch.equal(x, out)  # in place: no new tensor
+    assert not dict(norm.state_dict())  # constants follow the card, never a checkpoint
+
+
 def test_cuda_graph_refuses_a_cpu_tensor() -> None:
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA tensor, got one on cpu"):
         capture_cuda_graph(nn.Identity(), torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device, got cpu"):
+        capture_cuda_graph(lambda: None, device="cpu")
+    with pytest.raises(ValueError, match="needs example inputs or a device"):
+        capture_cuda_graph(lambda: None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_inputs_outputs_and_shared_pool() -> None:
+    """One capture helper for both uses: a function of an input returning several outputs
+    (labels and confidence, as the benchmarks' pipelines), and one without inputs writing into
+    buffers of its own (as the engine's plans), sharing a memory pool."""
+    model = prepare_for_inference(_trained_like("B"), "cuda", backend="eager")
+
+    def labels_and_confidence(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        top = model(x).softmax(1).max(1)
+        return top.indices.to(torch.uint8), top.values
+
+    torch.manual_seed(9)
+    x = torch.randn(1, 3, 64, 96, device="cuda")
+    graph = capture_cuda_graph(labels_and_confidence, x)
+    for _ in range(2):
+        y = torch.randn(1, 3, 64, 96, device="cuda")
+        labels, confidence = graph(y)
+        with torch.no_grad():
+            ref_labels, ref_confidence = labels_and_confidence(y)
+        assert (labels == ref_labels).float().mean().item() > MIN_ARGMAX_AGREEMENT
+        assert (confidence - ref_confidence).abs().max().item() < 1e-3
+    with pytest.raises(ValueError, match="captured for"):
+        graph(torch.zeros(1, 3, 32, 32, device="cuda"))
+    with pytest.raises(ValueError, match="takes 1 input"):
+        graph()
+
+    source = torch.zeros(1, 3, 64, 96, device="cuda")
+    buffer = torch.empty(1, 11, 64, 96, device="cuda")
+    own = capture_cuda_graph(lambda: buffer.copy_(model(source)), device="cuda",
+                             pool=graph.pool)
+    source.copy_(y)
+    assert own() is buffer and own.inputs == ()
+    torch.cuda.synchronize()
+    with torch.no_grad():
+        _assert_close(buffer, model(y).float())
 
 
 @pytest.mark.parametrize("backend", ["eager", "onnxruntime"])
