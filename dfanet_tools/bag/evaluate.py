@@ -34,6 +34,8 @@ from ..report import overlay_image, percentiles
 from ..ros_process import DdsClient, NodeProcess, node_command
 from .io import (
     COMPRESSED_IMAGE,
+    DEFAULT_CAMERA_TOPIC,
+    DEFAULT_LABEL_TOPIC,
     IMAGE,
     BagError,
     BagReader,
@@ -45,8 +47,6 @@ log = logging.getLogger("dfanet.bag_eval")
 
 CAMERA_TYPES = (IMAGE, COMPRESSED_IMAGE)
 LABEL_ENCODINGS = ("mono8", "8UC1")
-DEFAULT_CAMERA_TOPIC = "/camera/image_raw"
-DEFAULT_LABEL_TOPIC = "/camera/label_gt"
 
 
 class EvalError(RuntimeError):
