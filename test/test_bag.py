@@ -10,7 +10,7 @@ import pytest
 from PIL import Image as PILImage
 
 from dfanet_ros.conversions import image_to_array
-from dfanet_tools.bag.evaluate import resolve_camera_topic
+from dfanet_tools.bag.frames import resolve_camera_topic
 from dfanet_tools.bag.io import (
     COMPRESSED_IMAGE,
     IMAGE,
