@@ -22,7 +22,9 @@ from PIL import Image
 
 from .classes import CAMVID, CITYSCAPES, CLASS_TABLES, ClassTable
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Camera image files, as the dataset readers and ``dfanet bag make`` both find them: every
+# format here decodes through PIL to RGB.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
 PLACEMENTS = ("auto", "device", "host", "lazy")
 
 
@@ -74,7 +76,8 @@ def camvid_files(root: str | os.PathLike, split: str) -> list[tuple[Path, Path]]
     images = {p.stem: p for p in _images_in(images_dir)}
     labels = {p.stem: p for p in labels_dir.iterdir() if p.suffix.lower() == ".png"}
     if not images:
-        raise DataError(f"CamVid split {split!r}: no .png/.jpg images in {images_dir}")
+        raise DataError(f"CamVid split {split!r}: no images ({', '.join(IMAGE_SUFFIXES)}) in "
+                        f"{images_dir}")
     lonely = sorted(f"{images[s].name} (no {s}.png)" for s in images.keys() - labels.keys())
     if lonely:
         raise _unpaired("images without a label", lonely, labels_dir)

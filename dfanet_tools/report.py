@@ -63,7 +63,7 @@ def _json_safe(obj: Any) -> Any:
 
 
 def summary_markdown(result: dict[str, Any], pictures: bool = True) -> str:
-    """The human-readable summary of an evaluation result (see ``bag_eval.build_result``)."""
+    """The human-readable summary of an evaluation result (see ``BagEvalResult.to_json``)."""
     f, lat = result["frames"], result["latency_ms"]
     lines = [
         f"# Bag evaluation: {Path(result['bag']).name}",

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image as PILImage
 
 from dfanet_ros.conversions import image_to_array
-from dfanet_tools.bag.evaluate import resolve_camera_topic
+from dfanet_tools.bag.frames import resolve_camera_topic
 from dfanet_tools.bag.io import (
     COMPRESSED_IMAGE,
     IMAGE,
@@ -234,6 +234,28 @@ def test_find_frames_orders_naturally_and_pairs_labels(tmp_path):
     frames = find_frames(images)
     assert [f.image.name for f in frames] == ["f1.png", "f2.png", "f10.png"]
     assert [f.label.name if f.label else None for f in frames] == [None, "f2.png", None]
+
+
+def test_a_folder_and_a_dataset_split_accept_the_same_image_files(tmp_path):
+    """One list of image suffixes: lossless BMP, PPM and TIFF frames read the same through
+    ``bag make``'s folder reader and the dataset loader (a CamVid split), pixel for pixel."""
+    rng = np.random.default_rng(1)
+    root = tmp_path / "camvid"
+    (root / "test").mkdir(parents=True)
+    (root / "testannot").mkdir()
+    rgbs = {}
+    for name in ("a.bmp", "b.ppm", "c.tif", "d.tiff"):
+        rgbs[name] = rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)
+        PILImage.fromarray(rgbs[name]).save(root / "test" / name)
+        PILImage.fromarray(np.full((3, 4), 2, np.uint8)).save(
+            root / "testannot" / f"{Path(name).stem}.png")
+    for source, dataset in ((root / "test", None), (root, "camvid")):
+        made = make_bag(tmp_path / f"bag_{dataset}", source, start_ns=T0)
+        assert (made.dataset, made.frames, made.labels) == (dataset, 4, 4)
+        with BagReader(made.path) as reader:
+            images = [image_to_array(m) for _, m in reader.messages("/camera/image_raw")]
+        for image, name in zip(images, sorted(rgbs), strict=True):
+            np.testing.assert_array_equal(image, rgbs[name])
 
 
 def test_make_rejects_bad_sources(tmp_path, sample_camvid):

@@ -1,6 +1,7 @@
 """dfanet bag eval: stamp matching, bad input, the report folder, and online == offline."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -14,9 +15,11 @@ from dfanet_model.checkpoint import ModelCard, save_model
 from dfanet_model.classes import CAMVID
 from dfanet_model.metrics import ConfusionMatrix
 from dfanet_model.network import build_dfanet
-from dfanet_tools.bag.evaluate import EvalOptions, Scorer, _plan, build_result, evaluate
+from dfanet_tools.bag.evaluate import EvalError, EvalOptions, evaluate, make_plan
 from dfanet_tools.bag.io import BagReader, BagWriter, image_message, typestore
 from dfanet_tools.bag.make import make_bag
+from dfanet_tools.bag.result import BagEvalResult
+from dfanet_tools.bag.scoring import FrameLog, FrameRecord, Scorer
 from dfanet_tools.cli import main as dfanet
 from dfanet_tools.report import IOU_PNG, LATENCY_PNG, REPORT_JSON, SUMMARY_MD, write_report
 
@@ -65,14 +68,13 @@ def test_stamps_match_with_drops_and_unmatched_labels(tmp_path, checkpoint):
     _drops_bag(tmp_path / "bag")
     opts = EvalOptions(bag=tmp_path / "bag", checkpoint=checkpoint, mode="offline")
     with BagReader(opts.bag) as reader:
-        plan = _plan(opts, reader)
+        plan = make_plan(opts, reader)
     assert plan.stamps == [T0 + i * PERIOD for i in range(5)]
     assert sorted(plan.ground_truth) == sorted([T0 + i * PERIOD for i in (0, 1, 3)]
                                                + [T0 + 7, T0 + 9 * PERIOD])
     assert plan.labels_without_image == 2
 
     # The node answered frames 0, 2, 3 (1 and 4 dropped); frame 2 has no ground truth.
-    from dfanet_tools.bag.evaluate import FrameRecord
     scorer = Scorer(plan.card, plan.ground_truth)
     records = []
     for i in range(5):
@@ -87,16 +89,15 @@ def test_stamps_match_with_drops_and_unmatched_labels(tmp_path, checkpoint):
     expected.update(torch.from_numpy(_label(3)), torch.from_numpy(_label(5)))
     assert torch.equal(scorer.matrix.mat, expected.mat)
 
-    result = build_result(opts, plan.card, checkpoint, "cpu", plan.camera_topic,
-                          plan.label_topic, "test", records, scorer, plan.labels_without_image,
-                          plan.repeats, plan.warnings, "test")
-    f = result["frames"]
-    assert (f["sent"], f["answered"], f["dropped"], f["scored"]) == (5, 3, 2, 2)
-    assert (f["without_ground_truth"], f["labels_without_image"]) == (1, 2)
+    result = BagEvalResult.build(opts, plan, FrameLog(records, scorer), pacing="test",
+                                 device="cpu", latency_definition="test")
+    f = result.frames
+    assert (f.sent, f.answered, f.dropped, f.scored) == (5, 3, 2, 2)
+    assert (f.without_ground_truth, f.labels_without_image) == (1, 2)
     # Sky all right (IoU 1); Road all predicted as Tree: Road and Tree both IoU 0.
-    assert result["miou"] == pytest.approx(1 / 3)
-    assert result["latency_ms"]["p50"] == pytest.approx(30.0)
-    text = "\n".join(result["warnings"])
+    assert result.miou == pytest.approx(1 / 3)
+    assert result.latency_ms["p50"] == pytest.approx(30.0)
+    text = "\n".join(result.warnings)
     assert "2 ground-truth label(s) have no camera image with the same stamp" in text
     assert "1 answered frame(s) have no ground-truth label" in text
     assert "2 frame(s) sent but not answered (first at stamp 1700000000.100000000)" in text
@@ -106,18 +107,30 @@ def test_report_folder(tmp_path, checkpoint):
     _drops_bag(tmp_path / "bag")
     opts = EvalOptions(bag=tmp_path / "bag", checkpoint=checkpoint, mode="offline")
     with BagReader(opts.bag) as reader:
-        plan = _plan(opts, reader)
-    from dfanet_tools.bag.evaluate import FrameRecord
+        plan = make_plan(opts, reader)
     scorer = Scorer(plan.card, plan.ground_truth)
     records = [FrameRecord(s, sent=i * 0.1, received=i * 0.1 + 0.02 + 0.001 * i)
                for i, s in enumerate(plan.stamps)]
     for r in records:
         r.scored = scorer.add(r.stamp, _label(0))
-    result = build_result(opts, plan.card, checkpoint, "cpu", plan.camera_topic,
-                          plan.label_topic, "test pacing", records, scorer, 0, 0, [], "test")
+    plan = dataclasses.replace(plan, labels_without_image=0, warnings=[])
+    result = BagEvalResult.build(opts, plan, FrameLog(records, scorer), pacing="test pacing",
+                                 device="cpu", latency_definition="test")
     overlay = np.zeros((6, 8, 3), np.uint8)
-    out = write_report(tmp_path / "report", result, [("a.png", overlay)])
+    out = write_report(tmp_path / "report", result.to_json(), [("a.png", overlay)])
     data = json.loads((out / REPORT_JSON).read_text())
+    # Users parse report.json: its keys are an interface, the typed result must keep them.
+    assert list(data) == [
+        "bag", "mode", "pacing", "device", "checkpoint", "model", "camera_topic", "label_topic",
+        "frames", "miou", "pixel_acc", "pixels", "per_class", "confusion_matrix", "latency_ms",
+        "latency_definition", "throughput_fps", "per_frame", "warnings", "overlays"]
+    assert list(data["model"]) == ["variant", "dataset", "num_classes", "ignore_index",
+                                   "input_size"]
+    assert list(data["frames"]) == ["sent", "answered", "dropped", "scored",
+                                    "without_ground_truth", "labels_without_image",
+                                    "repeated_stamps", "warmup"]
+    assert list(data["per_class"][0]) == ["id", "name", "color", "iou", "acc"]
+    assert list(data["per_frame"][0]) == ["stamp", "sent_s", "latency_ms", "scored"]
     assert data["frames"]["scored"] == 3 and data["overlays"] == ["a.png"]
     assert data["per_class"][0]["name"] == "Sky" and data["per_class"][3]["iou"] == 0.0
     assert data["per_class"][2]["iou"] is None  # Pole: neither present nor predicted
@@ -198,15 +211,16 @@ def test_online_equals_offline_on_a_bag_replayed_without_drops(tmp_path, checkpo
     assert "configured: DFANet B" in (tmp_path / "report" / "node.log").read_text()
 
     for result in (online, offline):
-        f = result["frames"]
-        assert (f["sent"], f["answered"], f["dropped"], f["scored"]) == (4, 4, 0, 4)
-        assert result["device"] == "cpu"
-    matrix = np.array(online["confusion_matrix"])
+        f = result.frames
+        assert (f.sent, f.answered, f.dropped, f.scored) == (4, 4, 0, 4)
+        assert result.device == "cpu"
+    matrix = np.array(online.confusion_matrix)
     assert matrix.sum() > 0.9 * 4 * 360 * 480  # every frame scored, a few void pixels left out
     assert (matrix.sum(axis=0) > 0).sum() >= 2, "predictions of one class prove little"
-    assert online["confusion_matrix"] == offline["confusion_matrix"]
-    assert online["miou"] == offline["miou"]
-    assert online["node_latency_ms"]["inference"]["p50"] > 0
+    assert online.confusion_matrix == offline.confusion_matrix
+    assert online.miou == offline.miou
+    assert online.node_latency_ms.inference["p50"] > 0
+    assert "node_latency_ms" in online.to_json() and "node_latency_ms" not in offline.to_json()
     assert [name for name, _ in snapshots] == ["frame00000.png", "frame00003.png"]
     assert snapshots[0][1].shape == (360, 960, 3)  # prediction beside ground truth
 
@@ -217,7 +231,6 @@ def test_online_warms_up_on_the_first_frame_that_decodes(tmp_path, checkpoint, s
     start-up timeout and then blame the node; now it is counted as the offline mode counts it."""
     import time
 
-    from dfanet_tools.bag.evaluate import EvalError
     from dfanet_tools.bag.io import COMPRESSED_IMAGE, compressed_message
 
     monkeypatch.setenv("ROS_DOMAIN_ID", str(ROS_DOMAIN + 1))
@@ -239,11 +252,11 @@ def test_online_warms_up_on_the_first_frame_that_decodes(tmp_path, checkpoint, s
     online, _ = evaluate(EvalOptions(bag=bags["first_bad"], mode="online", **common))
     assert time.monotonic() - start < 60.0
     for result in (offline, online):
-        f = result["frames"]
-        assert (f["sent"], f["answered"], f["dropped"]) == (3, 2, 1), result["mode"]
+        f = result.frames
+        assert (f.sent, f.answered, f.dropped) == (3, 2, 1), result.mode
         assert any("1 camera frame(s) could not be segmented (first: stamp "
                    "1700000000.000000000: decode: corrupt jpeg" in w
-                   for w in result["warnings"]), result["warnings"]
+                   for w in result.warnings), result.warnings
     start = time.monotonic()
     with pytest.raises(EvalError, match=f"no frame on {topic} can be segmented: all 2 are bad "
                                         r"\(first: stamp 1700000000\.000000000: decode"):

@@ -23,6 +23,9 @@ from . import mcap_crc
 STORAGES = ("mcap", "sqlite3")
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
+# The topics ``dfanet bag make`` writes and ``dfanet bag eval`` reads unless told otherwise.
+DEFAULT_CAMERA_TOPIC = "/camera/image_raw"
+DEFAULT_LABEL_TOPIC = "/camera/label_gt"
 
 
 class BagError(ValueError):

@@ -17,8 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from dfanet_model.data import IMAGE_SUFFIXES
+
 from .io import (
     COMPRESSED_IMAGE,
+    DEFAULT_CAMERA_TOPIC,
+    DEFAULT_LABEL_TOPIC,
     IMAGE,
     BagWriter,
     compressed_message,
@@ -26,10 +30,6 @@ from .io import (
     normalize_topic,
 )
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
-DEFAULT_TOPIC = "/camera/image_raw"
-DEFAULT_LABEL_TOPIC = "/camera/label_gt"
-# image_transport's convention: the compressed variant of topic T is T/compressed.
 _COMPRESSED_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png"}
 
 
@@ -166,7 +166,7 @@ def _compressed_bytes(path: Path) -> tuple[bytes, str]:
 
 def make_bag(out: str | os.PathLike, source: str | os.PathLike, *, split: str = "test",
              dataset: str | None = None, rate: float = 15.0, storage: str = "mcap",
-             compressed: bool = False, topic: str = DEFAULT_TOPIC,
+             compressed: bool = False, topic: str = DEFAULT_CAMERA_TOPIC,
              label_topic: str = DEFAULT_LABEL_TOPIC, frame_id: str = "camera",
              limit: int | None = None, start_ns: int | None = None,
              progress: bool = False) -> MadeBag:
@@ -179,6 +179,7 @@ def make_bag(out: str | os.PathLike, source: str | os.PathLike, *, split: str = 
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         count = min(count, limit)
+    # image_transport's convention: the compressed variant of topic T is T/compressed.
     if compressed and not topic.rstrip("/").endswith("/compressed"):
         topic = topic.rstrip("/") + "/compressed"
     if start_ns is None:
