@@ -63,7 +63,6 @@ from .data import (
 )
 from .evaluate import (
     EvalResult,
-    _json_safe,
     autocast,
     effective_precision,
     evaluate,
@@ -71,6 +70,7 @@ from .evaluate import (
     split_batches,
 )
 from .losses import OhemCrossEntropy
+from .metrics import json_safe
 from .network import VARIANTS, DFANet, build_dfanet
 
 # Class-weighting schemes computed from the training labels.
@@ -444,7 +444,7 @@ def make_card(cfg: TrainConfig, frame_size: Sequence[int]) -> ModelCard:
 
 def metrics_entry(result: EvalResult, iteration: int) -> dict[str, Any]:
     s = result.scores
-    return _json_safe({"miou": s.miou, "iou": s.iou, "pixel_acc": s.pixel_acc,
+    return json_safe({"miou": s.miou, "iou": s.iou, "pixel_acc": s.pixel_acc,
                        "class_acc": s.class_acc, "iteration": iteration})
 
 
@@ -463,7 +463,7 @@ class RunDir:
 
     def log(self, event: str, **fields: Any) -> None:
         if self.ctx.is_main:
-            record = _json_safe({"event": event, "time": round(time.time(), 3), **fields})
+            record = json_safe({"event": event, "time": round(time.time(), 3), **fields})
             with open(self.path / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
