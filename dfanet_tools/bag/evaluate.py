@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from ..report import overlay_image, percentiles
+from ..report import overlay_image
 from ..ros_process import DdsClient, NodeProcess, node_command
+from ..stats import percentiles
 from .io import (
     COMPRESSED_IMAGE,
     IMAGE,
