@@ -35,7 +35,7 @@ from . import __version__
 from .network import VARIANTS, DFANet, build_dfanet
 
 FORMAT_VERSION = 1
-METADATA_KEY = "dfanet"
+METADATA_KEY = "dfanet"  # the model card (JSON) in safetensors headers and exported graphs
 _ZIP_MAGIC = b"PK\x03\x04"
 
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import CheckpointError, LoadedCheckpoint, read_checkpoint, slim
+from .metrics import format_percent
 
 
 def summary(ckpt: LoadedCheckpoint) -> dict[str, Any]:
@@ -30,10 +30,6 @@ def summary(ckpt: LoadedCheckpoint) -> dict[str, Any]:
         out["training"]["lr"] = groups[0].get("lr") if groups else None
         out["training"]["total_iterations"] = ts.get("config", {}).get("iterations")
     return out
-
-
-def _pct(v: Any) -> str:
-    return "    -" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:5.1f}"
 
 
 def describe(info: dict[str, Any]) -> str:
@@ -61,15 +57,15 @@ def describe(info: dict[str, Any]) -> str:
     metrics = card.get("metrics", {})
     for split, m in metrics.items():
         at = f" (weights of iteration {m['iteration']})" if "iteration" in m else ""
-        lines.append(f"  {split:<11} mIoU {_pct(m.get('miou')).strip()}, pixel acc "
-                     f"{_pct(m.get('pixel_acc')).strip()}{at}")
+        lines.append(f"  {split:<11} mIoU {format_percent(m.get('miou')).strip()}, pixel acc "
+                     f"{format_percent(m.get('pixel_acc')).strip()}{at}")
     splits = [s for s, m in metrics.items() if "iou" in m]
     if splits:
         width = max(len(n) for n in card["class_names"])
         lines.append(f"  {'IoU per class':<{width + 4}}" + "".join(f"{s:>8}" for s in splits))
         for i, (name, rgb) in enumerate(zip(card["class_names"], card["class_colors"],
                                             strict=True)):
-            row = "".join(f"{_pct(metrics[s]['iou'][i]):>8}" for s in splits)
+            row = "".join(f"{format_percent(metrics[s]['iou'][i]):>8}" for s in splits)
             lines.append(f"    {i:>2} {name:<{width}}{row}    rgb {tuple(rgb)}")
     else:
         lines.append("  classes     " + ", ".join(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from torch import nn
 
 from .args import parse_size
 from .augment import normalize
-from .metrics import ConfusionMatrix, SegmentationScores
+from .metrics import ConfusionMatrix, SegmentationScores, format_percent, json_safe
 from .plot import prediction_grid
 
 
@@ -110,20 +109,14 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
                     one.update(label, p)
                     s = one.compute()
                     name = names[len(frames)] if names is not None else str(len(frames))
-                    frames.append({"frame": name, "miou": _num(s.miou),
-                                   "pixel_acc": _num(s.pixel_acc),
-                                   "iou": [_num(v) for v in s.iou]})
+                    frames.append(json_safe({"frame": name, "miou": s.miou,
+                                             "pixel_acc": s.pixel_acc, "iou": s.iou}))
     finally:
         model.train(was_training)
     total.mat = total.mat.cpu()
     if reduce is not None:
         reduce(total.mat)
     return EvalResult(total.compute(), total, frames, time.perf_counter() - start)
-
-
-def _num(v: float) -> float | None:
-    """JSON-safe float (nan -> None)."""
-    return None if math.isnan(v) else v
 
 
 def split_batches(split: Any, device: torch.device, batch_size: int, rank: int = 0,
@@ -139,20 +132,14 @@ def format_scores(scores: SegmentationScores, class_names: Sequence[str], title:
     width = max(len(n) for n in class_names)
     lines = [title, f"  {'class':<{width}}    IoU   acc"]
     for name, iou, acc in zip(class_names, scores.iou, scores.class_acc, strict=True):
-        lines.append(f"  {name:<{width}}  {_pct(iou)}  {_pct(acc)}")
-    lines.append(f"  {'mIoU':<{width}}  {_pct(scores.miou)}")
-    lines.append(f"  {'pixel acc':<{width}}  {_pct(scores.pixel_acc)}   "
+        lines.append(f"  {name:<{width}}  {format_percent(iou)}  {format_percent(acc)}")
+    lines.append(f"  {'mIoU':<{width}}  {format_percent(scores.miou)}")
+    lines.append(f"  {'pixel acc':<{width}}  {format_percent(scores.pixel_acc)}   "
                  f"({scores.pixels:,d} labelled pixels)")
     return "\n".join(lines)
 
 
-def _pct(v: float) -> str:
-    return "    -" if math.isnan(v) else f"{100 * v:5.1f}"
-
-
 # ---------------------------------------------------------------- dfanet eval
-
-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -213,10 +200,10 @@ def run(args: argparse.Namespace) -> int:
                    dataset=dataset, split=args.split, frames=len(split),
                    frame_size=[h, w], inference_size=list(size))
     if args.json:
-        args.json.write_text(json.dumps(_json_safe(summary), indent=1) + "\n")
+        args.json.write_text(json.dumps(json_safe(summary), indent=1) + "\n")
         print(f"wrote {args.json}")
     if args.per_frame:
-        args.per_frame.write_text(json.dumps(_json_safe(
+        args.per_frame.write_text(json.dumps(json_safe(
             {"checkpoint": str(args.checkpoint), "dataset": dataset, "split": args.split,
              "inference_size": list(size), "frames": result.frames}), indent=1) + "\n")
         print(f"wrote {args.per_frame}")
@@ -231,14 +218,3 @@ def run(args: argparse.Namespace) -> int:
                         [split.names[i] for i in picks], args.grid)
         print(f"wrote {args.grid}")
     return 0
-
-
-def _json_safe(obj: Any) -> Any:
-    """Replace nan (not valid JSON) by null, recursively."""
-    if isinstance(obj, float):
-        return _num(obj)
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj

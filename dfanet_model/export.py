@@ -25,9 +25,8 @@ import torch
 from torch import nn
 
 from .args import parse_size
-from .checkpoint import CheckpointError, ModelCard, load_model
+from .checkpoint import METADATA_KEY, CheckpointError, ModelCard, load_model
 
-CARD_KEY = "dfanet"  # the model card, as JSON, in the exported file's metadata
 LOGIT_TOLERANCE = 1e-3  # largest accepted |exported - PyTorch| of a logit
 
 
@@ -78,7 +77,7 @@ def export_torchscript(wrapper: nn.Module, example: torch.Tensor, out: Path,
                        card: ModelCard) -> None:
     with _quiet():
         traced = torch.jit.trace(wrapper, example, check_trace=False)
-    torch.jit.save(traced, str(out), _extra_files={f"{CARD_KEY}.json": card.to_json()})
+    torch.jit.save(traced, str(out), _extra_files={f"{METADATA_KEY}.json": card.to_json()})
 
 
 def export_onnx(wrapper: nn.Module, example: torch.Tensor, out: Path, card: ModelCard,
@@ -95,7 +94,7 @@ def export_onnx(wrapper: nn.Module, example: torch.Tensor, out: Path, card: Mode
                                         if wrapper.labels else axes})
     graph = onnx.load(str(out))
     entry = graph.metadata_props.add()
-    entry.key, entry.value = CARD_KEY, card.to_json()
+    entry.key, entry.value = METADATA_KEY, card.to_json()
     onnx.save(graph, str(out))
 
 

@@ -1,7 +1,10 @@
-"""The one confusion-matrix metric behind every mIoU the project reports."""
+"""The one confusion-matrix metric behind every mIoU the project reports, and how its
+scores are written: as JSON (``json_safe``) and as percentages (``format_percent``)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -62,3 +65,22 @@ class ConfusionMatrix:
         miou = float(iou[defined].mean()) if defined.any() else float("nan")
         pixel_acc = float(diag.sum() / total) if total > 0 else float("nan")
         return SegmentationScores(pixel_acc, class_acc.tolist(), iou.tolist(), miou, int(total))
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN and infinity, at any depth of dicts, lists and tuples, replaced
+    by None: strict JSON readers reject them, and an undefined IoU is NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def format_percent(value: float | None) -> str:
+    """A score in 0..1 as a five-character percentage; "-" where it is undefined (None, NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "    -"
+    return f"{100 * value:5.1f}"

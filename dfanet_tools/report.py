@@ -20,21 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from dfanet_model.metrics import json_safe
+
 REPORT_JSON = "report.json"
 SUMMARY_MD = "summary.md"
 IOU_PNG = "iou.png"
 LATENCY_PNG = "latency.png"
 OVERLAY_DIR = "overlays"
-
-
-def percentiles(values: Sequence[float]) -> dict[str, float]:
-    """p50/p90/p99, mean and max of ``values`` (NaN for each when empty)."""
-    if not values:
-        return {k: math.nan for k in ("p50", "p90", "p99", "mean", "max")}
-    arr = np.asarray(values, dtype=np.float64)
-    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
-    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(arr.mean()),
-            "max": float(arr.max())}
 
 
 def overlay_image(image: np.ndarray, label: np.ndarray, colors: Sequence[Sequence[int]],
@@ -49,17 +41,6 @@ def overlay_image(image: np.ndarray, label: np.ndarray, colors: Sequence[Sequenc
 
 def _fmt(value: float, digits: int = 1, scale: float = 1.0) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value * scale:.{digits}f}"
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN/inf become null: strict JSON readers reject them."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def summary_markdown(result: dict[str, Any], pictures: bool = True) -> str:
@@ -175,7 +156,7 @@ def write_report(out_dir: str | os.PathLike, result: dict[str, Any],
         Image.fromarray(rgb).save(out / OVERLAY_DIR / name)
         names.append(name)
     result = dict(result, overlays=names)
-    (out / REPORT_JSON).write_text(json.dumps(_json_safe(result), indent=1) + "\n")
+    (out / REPORT_JSON).write_text(json.dumps(json_safe(result), indent=1) + "\n")
     plot_iou(result, out / IOU_PNG)
     plot_latency(result, out / LATENCY_PNG)
     (out / SUMMARY_MD).write_text(summary_markdown(result))

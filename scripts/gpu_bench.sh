@@ -68,16 +68,16 @@ step compile 120 model --device cuda --variants A,B --sizes 1024x2048 --batch 1 
 "$py" - "$out" >> "$out/summary.txt" 2>&1 <<'EOF'
 import json, sys
 from pathlib import Path
-from dfanet_tools.bench import EngineBenchResult, Result, format_engine_table, format_table
+from dfanet_tools.bench import engine, model
 for path in sorted(Path(sys.argv[1]).glob("*.json")):
     data = json.loads(path.read_text())
     print(f"\n## {path.stem}: {data['machine'].get('command')}  ({data['machine'].get('gpu')}, "
           f"{data['machine']['date']})")
     records = data["results"]
     if records and "mode" in records[0]:
-        print(format_table([Result(**r) for r in records]))
+        print(model.format_table([model.ModelBenchResult(**r) for r in records]))
     elif records:
-        print(format_engine_table([EngineBenchResult(**r) for r in records]))
+        print(engine.format_table([engine.EngineBenchResult(**r) for r in records]))
     for f in data.get("failures", []):
         print("FAILED:", f)
 EOF

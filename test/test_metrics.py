@@ -1,10 +1,11 @@
-"""ConfusionMatrix on a hand-computed example."""
+"""ConfusionMatrix on a hand-computed example; scores as JSON and as percentages."""
+import json
 import math
 
 import pytest
 import torch
 
-from dfanet_model.metrics import ConfusionMatrix
+from dfanet_model.metrics import ConfusionMatrix, format_percent, json_safe
 
 
 def test_hand_computed_example():
@@ -43,3 +44,19 @@ def test_accumulates_and_merges():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match=r"target shape \(2,\) != prediction shape \(3,\)"):
         ConfusionMatrix(2).update(torch.zeros(2), torch.zeros(3))
+
+
+def test_json_safe_replaces_every_non_finite_float_at_any_depth():
+    data = {"miou": math.nan, "iou": [0.5, math.nan, math.inf], "pair": (1.0, -math.inf),
+            "n": 3, "name": "x", "nested": {"v": [{"w": math.nan}]}}
+    safe = json_safe(data)
+    assert safe == {"miou": None, "iou": [0.5, None, None], "pair": [1.0, None], "n": 3,
+                    "name": "x", "nested": {"v": [{"w": None}]}}
+    json.loads(json.dumps(safe, allow_nan=False))  # strict JSON
+    assert data["iou"][1] != data["iou"][1]  # the input is left as it was
+
+
+def test_format_percent_marks_undefined_scores():
+    assert format_percent(0.4567) == " 45.7"
+    assert format_percent(1.0) == "100.0"
+    assert format_percent(math.nan) == format_percent(None) == "    -"

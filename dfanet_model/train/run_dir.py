@@ -24,7 +24,8 @@ from ..checkpoint import (
     save_training_state,
     stamp_provenance,
 )
-from ..evaluate import EvalResult, _json_safe
+from ..evaluate import EvalResult
+from ..metrics import json_safe
 from .config import TrainConfig
 from .job import Job, Progress
 
@@ -53,7 +54,7 @@ def make_card(cfg: TrainConfig, frame_size: Sequence[int]) -> ModelCard:
 def metrics_entry(result: EvalResult, iteration: int) -> dict[str, Any]:
     """One split's entry in the model card's metrics."""
     s = result.scores
-    return _json_safe({"miou": s.miou, "iou": s.iou, "pixel_acc": s.pixel_acc,
+    return json_safe({"miou": s.miou, "iou": s.iou, "pixel_acc": s.pixel_acc,
                        "class_acc": s.class_acc, "iteration": iteration})
 
 
@@ -72,7 +73,7 @@ class RunDir:
 
     def log(self, event: str, **fields: Any) -> None:
         if self.ctx.is_main:
-            record = _json_safe({"event": event, "time": round(time.time(), 3), **fields})
+            record = json_safe({"event": event, "time": round(time.time(), 3), **fields})
             with open(self.path / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from ..report import overlay_image, percentiles
+from ..report import overlay_image
+from ..stats import percentiles
 from .frames import stamp_str
 from .scoring import FrameLog, FrameRecord
 

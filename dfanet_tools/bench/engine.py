@@ -1,0 +1,165 @@
+"""``dfanet bench engine``: ``dfanet_ros.engine.SegmentationEngine.run`` on host uint8 frames,
+the node's per-frame work without ROS.
+
+The wall clock per call includes the copies in and out and the synchronisation.  The output
+sets run in interleaved rounds (one frame of each per round), so load from other processes
+falls on every set alike and the difference between two sets is the cost of what one adds.
+The engine comes from ``dfanet_ros`` and is imported only when this benchmark runs.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from dfanet_model.args import parse_size
+
+from ..stats import percentile
+from .machine import write_json
+from .options import CHECKPOINT_HELP, checkpoint_or_shipped, choice_list, size_list
+
+if TYPE_CHECKING:  # imported by main only: this module loads without dfanet_ros
+    from dfanet_ros.engine import SegmentationEngine
+
+DESCRIPTION = ("Time SegmentationEngine.run on host uint8 frames (the node's per-frame work "
+               "without ROS): wall clock per call, which includes the copies in and out and "
+               "the sync.")
+OUTPUTS = ("label", "color", "overlay", "confidence")
+
+
+@dataclass
+class EngineBenchResult:
+    height: int
+    width: int
+    model_height: int
+    model_width: int
+    outputs: str
+    device: str
+    backend: str
+    fp16: bool
+    iterations: int
+    median_ms: float  # wall clock of SegmentationEngine.run, host frame in, host arrays out
+    p10_ms: float
+    p90_ms: float
+    p99_ms: float
+    fps: float  # 1000 / median_ms
+    copy_in_median_ms: float
+    compute_median_ms: float
+    times_ms: list[float] = field(repr=False, default_factory=list)
+
+
+def bench_engine(engine: SegmentationEngine, size: tuple[int, int],
+                 output_sets: list[frozenset[str]], iters: int,
+                 warmup: int) -> list[EngineBenchResult]:
+    """Time ``engine`` on one random rgb8 frame of ``size`` for each set of outputs."""
+    h, w = size
+    frame = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    for wanted in output_sets:
+        t0 = time.perf_counter()
+        engine.warm_up(h, w, "rgb8", wanted)
+        for _ in range(warmup):
+            engine.run(frame, "rgb8", wanted)
+        print(f"  {h}x{w} {','.join(sorted(wanted))}: ready in "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
+    times: dict[frozenset[str], list[float]] = {wanted: [] for wanted in output_sets}
+    copy_in: dict[frozenset[str], list[float]] = {wanted: [] for wanted in output_sets}
+    compute: dict[frozenset[str], list[float]] = {wanted: [] for wanted in output_sets}
+    model_size: tuple[int, int] = (h, w)
+    for _ in range(iters):
+        for wanted in output_sets:
+            t = time.perf_counter()
+            res = engine.run(frame, "rgb8", wanted)
+            times[wanted].append((time.perf_counter() - t) * 1e3)
+            copy_in[wanted].append(res.timings_ms["copy_in"])
+            compute[wanted].append(res.timings_ms["compute"])
+            model_size = res.model_size
+    results = []
+    for wanted in output_sets:
+        t = times[wanted]
+        median = statistics.median(t)
+        results.append(EngineBenchResult(
+            h, w, *model_size, ",".join(sorted(wanted)), str(engine.device), engine.backend,
+            engine.fp16, iters, median, percentile(t, 10), percentile(t, 90),
+            percentile(t, 99), 1000.0 / median, statistics.median(copy_in[wanted]),
+            statistics.median(compute[wanted]), t))
+    return results
+
+
+def format_table(results: list[EngineBenchResult]) -> str:
+    head = (f"{'frame':>9} {'network':>9} {'outputs':<30} {'device':<7} {'backend':<11} "
+            f"{'median ms':>9} {'p90 ms':>8} {'p99 ms':>8} {'FPS':>8} {'in ms':>6} "
+            f"{'compute':>8}")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        lines.append(
+            f"{f'{r.height}x{r.width}':>9} {f'{r.model_height}x{r.model_width}':>9} "
+            f"{r.outputs:<30} {r.device + (' fp16' if r.fp16 else ''):<7} {r.backend:<11} "
+            f"{r.median_ms:>9.2f} {r.p90_ms:>8.2f} {r.p99_ms:>8.2f} {r.fps:>8.1f} "
+            f"{r.copy_in_median_ms:>6.2f} {r.compute_median_ms:>8.2f}")
+    return "\n".join(lines)
+
+
+def add_arguments(e: argparse.ArgumentParser) -> None:
+    e.add_argument("--checkpoint", type=Path, default=None, help=CHECKPOINT_HELP)
+    e.add_argument("--sizes", type=size_list, default=[(720, 960), (1024, 2048)],
+                   help="camera frame HEIGHTxWIDTH list (default 720x960,1024x2048)")
+    e.add_argument("--model-size", type=parse_size, default=None,
+                   help="network input HEIGHTxWIDTH (default: each frame's own size)")
+    e.add_argument("--outputs", type=choice_list(OUTPUTS, "output"), nargs="+",
+                   default=[["label"], ["label", "color", "overlay"]],
+                   help="output sets, each comma-separated, from label, color, overlay and "
+                        "confidence (default: label label,color,overlay); compare label with "
+                        "label,confidence for the confidence's cost")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    e.add_argument("--fp16", action="store_true", help="fp16 on CUDA")
+    e.add_argument("--backend", default="auto", help="network backend (dfanet_model.fast)")
+    e.add_argument("--iters", type=int, default=None,
+                   help="timed frames (default: 200 on CUDA, 10 on the CPU)")
+    e.add_argument("--warmup", type=int, default=None,
+                   help="untimed frames first (default: 20 on CUDA, 2 on the CPU)")
+    e.add_argument("--threads", type=int, default=None, help="CPU intra-op threads")
+    e.add_argument("--json", type=Path, default=None, help="also write the results here")
+
+
+def main(args: argparse.Namespace) -> int:
+    """``dfanet bench engine``: build the engine, time every frame size, print, write."""
+    try:  # the engine (dfanet_ros) is imported by its subcommand only
+        from dfanet_ros.engine import SegmentationEngine
+    except ImportError as e:
+        print(f"error: dfanet bench engine needs dfanet_ros.engine ({e})", file=sys.stderr)
+        return 2
+    try:
+        checkpoint = checkpoint_or_shipped(args.checkpoint)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    engine = SegmentationEngine(checkpoint, args.device, args.fp16, args.model_size or (0, 0),
+                                backend=args.backend)
+    cuda = engine.device.type == "cuda"
+    iters = args.iters or (200 if cuda else 10)
+    warmup = args.warmup if args.warmup is not None else (20 if cuda else 2)
+    print(f"dfanet bench engine: {checkpoint.name} (DFANet {engine.card.variant}) on "
+          f"{engine.device}, {engine.backend} backend; {warmup} warm-up + {iters} timed "
+          "frames each, output sets interleaved")
+    output_sets = [frozenset(outputs) for outputs in args.outputs]
+    results: list[EngineBenchResult] = []
+    try:
+        for size in args.sizes:
+            results += bench_engine(engine, size, output_sets, iters, warmup)
+    finally:
+        engine.release()
+    print()
+    print(format_table(results))
+    if args.json:
+        write_json(args.json, engine.device, results=[asdict(r) for r in results],
+                   failures=[])
+    return 0
