@@ -2,12 +2,13 @@
 publishes rgb8 frames, as a camera driver would, and reports the stamps it sent.
 
 ``python -m dfanet_tools.bench.camera --cameras N --height H --width W --rate HZ --warmup S
---duration S --out FILE`` publishes one random frame per camera on ``camera_topic(i)`` for
-``--warmup`` seconds and then for the measured ``--duration``, stamping each with the wall
-clock as it publishes, and writes the measured stamps to ``FILE`` (JSON).  Rate 0 means flat
-out: at most two frames per camera in flight (the next leaves when the node's answer on
-``--answer-output`` arrives), so the answered rate is the node's sustained throughput without
-a flooding publisher taking the CPU from it.  ``run_camera`` starts the process and reads
+--duration S --out FILE`` publishes one random frame per camera on ``camera_topic(i)`` until
+the node has answered each camera once, then for ``--warmup`` seconds and then for the
+measured ``--duration``, stamping each with the wall clock as it publishes, and writes the
+measured stamps to ``FILE`` (JSON).  Rate 0 means flat out: at most two frames per camera in
+flight (the next leaves when the node's answer on ``--answer-output`` arrives), so the
+answered rate is the node's sustained throughput without a flooding publisher taking the CPU
+from it.  ``run_camera`` starts the process and reads
 its report.
 """
 from __future__ import annotations
@@ -97,14 +98,22 @@ def main(argv: list[str] | None = None) -> int:
                       f"{args.match_timeout:g} s", file=sys.stderr)
                 return 1
             time.sleep(0.05)
-        window = _FlatOut(node, args.cameras, args.answer_output) if args.rate == 0 else None
+        answers = _FlatOut(node, args.cameras, args.answer_output)
         deadline = time.monotonic() + args.match_timeout
-        while window is not None and not window.matched():
+        while not answers.matched():
             if time.monotonic() > deadline:
                 print(f"error: nobody publishes {output_topic(0, args.answer_output)} within "
                       f"{args.match_timeout:g} s", file=sys.stderr)
                 return 1
             time.sleep(0.05)
+        # The node's first frame of a size builds its plan (with onnxruntime, a session too):
+        # seconds on a loaded machine, longer than a fixed warm-up.  Each camera sends until
+        # it is answered once; only then does the timed warm-up start.
+        if not answers.prime(pubs, messages, args.match_timeout):
+            print(f"error: no answer on {output_topic(0, args.answer_output)} within "
+                  f"{args.match_timeout:g} s of sending", file=sys.stderr)
+            return 1
+        window = answers if args.rate == 0 else None
         sent: dict[int, list[int]] = {i: [] for i in range(args.cameras)}
         period = 1.0 / args.rate if args.rate > 0 else 0.0
         start = time.perf_counter()
@@ -136,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                     sent[i].append(stamp)
             tick += 1
         measured_s = time.perf_counter() - measure_from
-        if window is not None:
-            window.close()
+        answers.close()
         args.out.write_text(json.dumps({"sent": sent, "measured_s": measured_s}))
     finally:
         node.destroy_node()
@@ -161,6 +169,7 @@ class _FlatOut:
         self.node, self.cameras, self.output = node, cameras, output
         self.cond = threading.Condition()
         self.in_flight: list[dict[int, float]] = [{} for _ in range(cameras)]
+        self.answered = [0] * cameras
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.subscriptions = [
             node.create_subscription(Image, output_topic(i, output),
@@ -173,11 +182,27 @@ class _FlatOut:
     def _answered(self, camera: int, msg: Any) -> None:
         with self.cond:
             self.in_flight[camera].pop(header_stamp_ns(msg), None)
+            self.answered[camera] += 1
             self.cond.notify_all()
 
     def matched(self) -> bool:
         return all(self.node.count_publishers(output_topic(i, self.output)) > 0
                    for i in range(self.cameras))
+
+    def prime(self, pubs: list[Any], messages: list[Any], timeout: float) -> bool:
+        """Send each camera's frame (every 0.5 s) until every camera has one answer; False
+        after ``timeout`` seconds without."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for pub, msg, answered in zip(pubs, messages, self.answered, strict=True):
+                if not answered:
+                    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(
+                        time.time_ns(), 1_000_000_000)
+                    pub.publish(msg)
+            with self.cond:
+                if self.cond.wait_for(lambda: all(self.answered), timeout=0.5):
+                    return True
+        return False
 
     def wait_for_room(self, timeout: float) -> list[int]:
         """Cameras with room for another frame (after waiting up to ``timeout`` for one)."""
