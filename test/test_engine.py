@@ -261,6 +261,7 @@ def test_memory_follows_pixels_whatever_the_aspect_ratio(engine, long_side, shor
     engine.release()
 
 
+@pytest.mark.slow
 def test_plans_kept_between_frames_stay_within_the_budget(checkpoint, frame, caplog):
     budget = 6 * 2**20
     engine = SegmentationEngine(checkpoint, device="cpu", backend="eager", plan_budget=budget)

@@ -45,6 +45,7 @@ def test_sample_frames_score_as_recorded(sample_camvid):
         assert mine["miou"] == pytest.approx(theirs["miou"], abs=5e-3), mine["frame"]
 
 
+@pytest.mark.slow
 def test_full_test_split_reproduces_the_recorded_miou(camvid_root):
     card = read_checkpoint(DEFAULT_CHECKPOINT).card
     result = score(camvid_root, "test")
