@@ -322,36 +322,58 @@ def test_publish_switches_change_at_run_time(client, node, frame):
         close_all(cols)
 
 
+FRAME_FATES = ("frames_processed", "frames_dropped_newer", "frames_unwatched", "frames_bad")
+
+
+def settled(diagnostics, topic: str, node, received: int | None = None, labels: int = 0
+            ) -> dict[str, str]:
+    """The first diagnostics of ``topic`` sent after this call in which every frame the node
+    received has met its fate (segmented, replaced, skipped or refused), with ``received``
+    frames received in all (when given) and at least ``labels`` labels published."""
+    def check():
+        values = latest(diagnostics, topic, node, time.monotonic())
+        got = counter(values, "frames_received")
+        done = sum(counter(values, fate) for fate in FRAME_FATES)
+        return (done == got and (received is None or got == received)
+                and counter(values, "published_label") >= labels and values)
+    return wait_for(check, 30.0, f"{topic}: {received or 'all'} frames received and handled",
+                    node)
+
+
 def test_only_watched_outputs_are_computed(client, node, frame, diagnostics):
+    """Every wait is for a condition, never for time: each frame is sent once the node has
+    handled the last one (so none is replaced in its one-frame slot), and counters are read
+    from diagnostics that have counted every frame sent."""
     image = np.ascontiguousarray(frame[::4, ::4])
     cols = collectors(client, LAZY, ("label",))
     for _ in range(3):
         exchange(client, node, LAZY, lambda s: image_message(image, "rgb8", s), cols)
-    start = time.monotonic()
-    values = wait_for(lambda: (v := latest(diagnostics, LAZY, node, start))
-                      and counter(v, "published_label") >= 3 and v, 20.0, "3 labels", node)
+    # The labels we hold were all counted, so every frame sent before them was handled too.
+    values = settled(diagnostics, LAZY, node, labels=len(cols["label"].messages))
+    assert counter(values, "published_label") >= 3
     assert counter(values, "published_overlay") == 0
     assert counter(values, "published_color") == 0 and counter(values, "published_info") == 0
-    labels = counter(values, "published_label")
     close_all(cols)
     # Nobody listens now: frames are received and skipped, nothing is computed.
     pub = exchange.publishers[LAZY]
-    unwatched = counter(values, "frames_unwatched")
+    received, unwatched = counter(values, "frames_received"), counter(values, "frames_unwatched")
 
-    def skipped():
+    def send_one() -> dict[str, str]:
+        nonlocal received
         pub.publish(image_message(image, "rgb8", next_stamp()))
-        v = latest(diagnostics, LAZY, node, time.monotonic() - 0.1)
-        return counter(v, "frames_unwatched") > unwatched and v
+        received += 1
+        return settled(diagnostics, LAZY, node, received)
 
-    # The node learns of our unsubscribing through discovery: wait for the first skip.
-    values = wait_for(skipped, 20.0, "a frame skipped for want of subscribers", node)
-    labels, unwatched = counter(values, "published_label"), counter(values, "frames_unwatched")
+    # The node learns of our unsubscribing through discovery: frames are segmented until then.
+    deadline = time.monotonic() + 30.0
+    while counter(values := send_one(), "frames_unwatched") == unwatched:
+        assert time.monotonic() < deadline, f"no frame skipped for want of subscribers: {values}"
+    before = values
     for _ in range(3):
-        pub.publish(image_message(image, "rgb8", next_stamp()))
-    values = wait_for(lambda: (v := latest(diagnostics, LAZY, node, time.monotonic()))
-                      and counter(v, "frames_unwatched") == unwatched + 3 and v, 20.0,
-                      "3 more skipped frames", node)
-    assert counter(values, "published_label") == labels
+        values = send_one()
+    assert counter(values, "frames_unwatched") == counter(before, "frames_unwatched") + 3
+    for key in ("frames_processed", "published_label", "frames_dropped_newer"):
+        assert counter(values, key) == counter(before, key), key
 
 
 def test_low_mean_confidence_warns_in_diagnostics(client, node, frame, diagnostics):
