@@ -52,3 +52,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def ros_domain(request) -> int:
+    """A ROS_DOMAIN_ID of this test's own, for the DDS participants and processes it starts
+    (helpers_ros.domain_id: unique in the run).  Only for tests marked ``ros``."""
+    if request.node.get_closest_marker("ros") is None:
+        pytest.fail(f"{request.node.nodeid} talks DDS: mark it (or its module) with "
+                    "pytest.mark.ros")
+    from helpers_ros import domain_id
+
+    return domain_id(request.node.nodeid)

@@ -67,11 +67,36 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def domain_id(name: str) -> int:
-    """A ROS_DOMAIN_ID for one test module in this test run (170..229: apart from the other
-    suites' ranges).  The process id takes part because Fast DDS's shared-memory ports live
-    in /dev/shm, which network namespaces do not separate: runs side by side must not meet."""
-    return 170 + (zlib.crc32(name.encode()) + os.getpid()) % 60
+class DomainIds:
+    """ROS_DOMAIN_IDs for the keys of one test run (a test's node id, or a module's name for a
+    participant its tests share): distinct keys get distinct ids, all in ``ids``.
+
+    The ids are 170..229: valid (0..232) and apart from the other suites' ranges.  A key's
+    first choice depends on the process id, because Fast DDS's shared-memory ports live in
+    /dev/shm, which network namespaces do not separate: runs side by side must not meet.
+    """
+
+    def __init__(self, ids: range = range(170, 230), salt: int | None = None) -> None:
+        self.ids = ids
+        self.salt = os.getpid() if salt is None else salt
+        self._given: dict[str, int] = {}
+
+    def __call__(self, key: str) -> int:
+        if key not in self._given:
+            taken = set(self._given.values())
+            start = zlib.crc32(key.encode()) + self.salt
+            for i in range(len(self.ids)):
+                candidate = self.ids[(start + i) % len(self.ids)]
+                if candidate not in taken:
+                    self._given[key] = candidate
+                    break
+            else:
+                raise RuntimeError(f"more than {len(self.ids)} DDS domains asked for in one "
+                                   f"test run ({key!r} is one too many)")
+        return self._given[key]
+
+
+domain_id = DomainIds()  # this test run's; tests take theirs from the ros_domain fixture
 
 
 def ros_env(domain: int, **extra: str) -> dict[str, str]:

@@ -27,6 +27,8 @@ from dfanet_tools.bag.make import find_frames, make_bag
 STORAGE_SUFFIX = {"mcap": ".mcap", "sqlite3": ".db3"}
 T0 = 1_700_000_000_123_456_789
 
+pytestmark = pytest.mark.ros
+
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
 def test_round_trip_keeps_stamps_encodings_and_bytes(tmp_path, storage):

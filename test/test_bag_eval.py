@@ -23,8 +23,9 @@ from dfanet_tools.bag.scoring import FrameLog, FrameRecord, Scorer
 from dfanet_tools.cli import main as dfanet
 from dfanet_tools.report import IOU_PNG, LATENCY_PNG, REPORT_JSON, SUMMARY_MD, write_report
 
+pytestmark = pytest.mark.ros
+
 T0 = 1_700_000_000_000_000_000
-ROS_DOMAIN = 140  # this module's own DDS domain
 PERIOD = 100_000_000
 
 
@@ -197,10 +198,12 @@ def _children() -> set[int]:
     return {int(c) for c in text.split()}
 
 
+@pytest.mark.slow
 def test_online_equals_offline_on_a_bag_replayed_without_drops(tmp_path, checkpoint,
-                                                               sample_camvid, monkeypatch):
+                                                               sample_camvid, monkeypatch,
+                                                               ros_domain):
     """The node over DDS and the engine in-process give the same confusion matrix."""
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(ROS_DOMAIN))
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(ros_domain))
     made = make_bag(tmp_path / "bag", sample_camvid, limit=4, start_ns=T0)
     common = dict(bag=made.path, checkpoint=checkpoint, progress=False, overlays=2, timeout=60.0)
     offline, _ = evaluate(EvalOptions(mode="offline", **common))
@@ -225,15 +228,16 @@ def test_online_equals_offline_on_a_bag_replayed_without_drops(tmp_path, checkpo
     assert snapshots[0][1].shape == (360, 960, 3)  # prediction beside ground truth
 
 
+@pytest.mark.slow
 def test_online_warms_up_on_the_first_frame_that_decodes(tmp_path, checkpoint, sample_camvid,
-                                                         monkeypatch):
+                                                         monkeypatch, ros_domain):
     """A first frame the node cannot decode once made the online mode resend it for the whole
     start-up timeout and then blame the node; now it is counted as the offline mode counts it."""
     import time
 
     from dfanet_tools.bag.io import COMPRESSED_IMAGE, compressed_message
 
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(ROS_DOMAIN + 1))
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(ros_domain))
     topic = "/camera/image_raw/compressed"
     jpegs = [p.read_bytes() for p in sorted((sample_camvid / "test").glob("*.jpg"))[:2]]
     bags = {}

@@ -15,6 +15,7 @@ def dfanet(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_bench_model_prints_a_table_and_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = dfanet("bench", "model", "--variants", "B", "--sizes", "33x47", "--batch", "1", "2",
@@ -61,6 +62,7 @@ def test_bench_model_names_bad_arguments(args: list[str], message: str,
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bench_engine_prints_a_table(tmp_path: Path) -> None:
     out = tmp_path / "engine.json"
     result = dfanet("bench", "engine", "--sizes", "40x56", "--outputs", "label",
@@ -95,8 +97,11 @@ def test_a_failing_mode_is_reported_and_the_others_still_timed() -> None:
     assert any(line.startswith("  fp16: FAILED") for line in logged)
 
 
-def test_bench_node_over_dds_prints_latency_rate_and_drops(tmp_path: Path) -> None:
-    from helpers_ros import domain_id, make_checkpoint
+@pytest.mark.ros
+@pytest.mark.slow
+def test_bench_node_over_dds_prints_latency_rate_and_drops(tmp_path: Path,
+                                                           ros_domain: int) -> None:
+    from helpers_ros import make_checkpoint
 
     checkpoint = make_checkpoint(tmp_path / "b.safetensors", "B")
     out = tmp_path / "node.json"
@@ -105,7 +110,7 @@ def test_bench_node_over_dds_prints_latency_rate_and_drops(tmp_path: Path) -> No
     result = dfanet("bench", "node", "--checkpoint", str(checkpoint), "--sizes", "96x128",
                     "--rates", "15,0", "--duration", "1.5", "--warmup", "3", "--drain", "1",
                     "--device", "cpu", "--threads", "1", "--domain-id",
-                    str(domain_id(__name__)), "--json", str(out))
+                    str(ros_domain), "--json", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     rows = [line.split() for line in result.stdout.splitlines()
             if line.split()[:1] == ["96x128"]]
@@ -121,8 +126,11 @@ def test_bench_node_over_dds_prints_latency_rate_and_drops(tmp_path: Path) -> No
     assert 10 < records[0]["published_rate_hz"] < 20
 
 
-def test_bench_soak_accounts_for_every_frame_and_samples_memory(tmp_path: Path) -> None:
-    from helpers_ros import domain_id, make_checkpoint
+@pytest.mark.ros
+@pytest.mark.slow
+def test_bench_soak_accounts_for_every_frame_and_samples_memory(tmp_path: Path,
+                                                                ros_domain: int) -> None:
+    from helpers_ros import make_checkpoint
 
     checkpoint = make_checkpoint(tmp_path / "b.safetensors", "B")
     out = tmp_path / "soak.json"
@@ -130,7 +138,7 @@ def test_bench_soak_accounts_for_every_frame_and_samples_memory(tmp_path: Path) 
                     "--model-size", "96x128", "--warmup", "1", "--measure", "2",
                     "--duration", "6", "--window", "2", "--sample-period", "0.5",
                     "--drain", "1.5", "--device", "cpu", "--threads", "1", "--domain-id",
-                    str(domain_id(__name__ + ".soak")), "--json", str(out))
+                    str(ros_domain), "--json", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "accounting closes" in result.stdout
     soak = json.loads(out.read_text())["soak"]

@@ -1,12 +1,17 @@
 """Checkpoint format: round trip, atomic writes and every refusal naming file and problem."""
+import contextlib
+import errno
 import json
 import os
+import resource
+import signal
 
 import pytest
 import torch
 
 from dfanet_model.checkpoint import (
     CheckpointError,
+    CheckpointWriteError,
     ModelCard,
     load_model,
     read_checkpoint,
@@ -16,6 +21,8 @@ from dfanet_model.checkpoint import (
 )
 from dfanet_model.classes import CAMVID
 from dfanet_model.network import build_dfanet
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def camvid_card(variant="B", **kw):
@@ -47,6 +54,7 @@ def test_round_trip_reproduces_outputs_exactly(tmp_path, model):
     assert not loaded.training
 
 
+@pytest.mark.slow
 def test_training_state_loads_and_slims(tmp_path, model):
     card = camvid_card()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -79,6 +87,58 @@ def test_write_is_atomic(tmp_path, model):
         save_model(path, Boom(), camvid_card())
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+def _refuse_writes_beyond(limit: int) -> tuple[int, int, object]:
+    """Files of this process may not grow beyond ``limit`` bytes (RLIMIT_FSIZE): the kernel
+    then fails the write that crosses it with EFBIG, as a full disk fails it with ENOSPC (an
+    error, with SIGXFSZ ignored, not a killed process).  Returns what to restore."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    return soft, hard, handler
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int):
+    """``_refuse_writes_beyond(limit)`` in this process, for the ``with`` block."""
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    if hard != resource.RLIM_INFINITY and hard < limit:
+        pytest.skip(f"the hard file-size limit ({hard} bytes) is below the test's {limit}")
+    soft, hard, handler = _refuse_writes_beyond(limit)
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+@pytest.mark.parametrize("name", ["m.safetensors", "last.pt"])
+def test_a_write_failing_half_way_leaves_the_old_file(tmp_path, model, name):
+    """The operating system refuses the write after half the bytes are in: the file that was
+    there stays byte for byte, and no temporary file is left beside it."""
+    path = tmp_path / name
+
+    def write():
+        if name.endswith(".pt"):
+            save_training_state(path, {"model": model.state_dict(), "iteration": 3},
+                                camvid_card())
+        else:
+            save_model(path, model, camvid_card())
+
+    write()
+    before = path.read_bytes()
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # the new file differs from the old one
+    with file_size_limit(len(before) // 2), pytest.raises(CheckpointWriteError) as failed:
+        write()
+    # EFBIG: the write itself failed, after len(before) // 2 bytes had gone out.
+    assert failed.value.errno == errno.EFBIG, failed.value
+    assert str(path) in str(failed.value)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    write()  # nothing stuck: the next write goes through
+    assert path.read_bytes() != before and len(path.read_bytes()) == len(before)
 
 
 def test_missing_file(tmp_path):
@@ -164,17 +224,13 @@ def test_invalid_metadata(tmp_path, model):
 
 
 def _limit_file_size(limit: int):
-    """For a child process: files may not grow beyond ``limit`` bytes (the kernel then fails
-    the write with EFBIG, as a full disk fails it with ENOSPC)."""
-    import resource
-    import signal
-
+    """``_refuse_writes_beyond(limit)`` for a child process (its ``preexec_fn``)."""
     def apply():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error, not a killed process
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        _refuse_writes_beyond(limit)
     return apply
 
 
+@pytest.mark.slow
 def test_a_failed_write_is_one_line_and_leaves_the_old_file(tmp_path, model):
     """The real command, its write failing half-way in the kernel: one line naming the file
     and the error, exit 1, the previous file intact, no temporary left behind."""

@@ -14,6 +14,8 @@ from dfanet_model.classes import CAMVID
 from dfanet_model.network import build_dfanet
 from dfanet_tools.cli import main
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def training_checkpoint(tmp_path_factory):

@@ -97,6 +97,7 @@ def _set(card: dict, dotted: str, value) -> None:
 @settings(max_examples=120, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mutation=_mutations())
+@pytest.mark.slow
 def test_any_mutated_card_field_loads_or_is_one_line(tmp_path_factory, tensors, mutation):
     dotted, value = mutation
     card = json.loads(camvid_card().to_json())
@@ -181,6 +182,7 @@ class _Evil:
 
 
 @pytest.mark.parametrize("command", ["inspect", "eval", "export"])
+@pytest.mark.slow
 def test_tools_exit_non_zero_with_one_line(tmp_path, tensors, sample_camvid, command):
     """The real executables, as a user runs them: NaN in std, a card asking for 100000^2."""
     card = json.loads(camvid_card().to_json())

@@ -2,6 +2,8 @@
 import subprocess
 import sys
 
+import pytest
+
 
 def dfanet(*args):
     return subprocess.run([sys.executable, "-m", "dfanet_tools.cli", *args],
@@ -16,6 +18,7 @@ def test_help_lists_the_commands():
         assert name in result.stdout
 
 
+@pytest.mark.slow
 def test_info_prints_counts_beside_the_paper():
     result = dfanet("info", "--variant", "A", "--size", "1024x1024")
     assert result.returncode == 0, result.stderr
@@ -24,6 +27,7 @@ def test_info_prints_counts_beside_the_paper():
     assert "paper (A): 3.4 GFLOPs, 7.8 M parameters" in result.stdout
 
 
+@pytest.mark.slow
 def test_info_rejects_a_bad_size():
     result = dfanet("info", "--size", "big")
     assert result.returncode == 2

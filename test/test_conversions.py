@@ -23,6 +23,7 @@ from dfanet_ros.conversions import (
     image_to_array,
 )
 
+pytestmark = pytest.mark.ros
 RNG = np.random.default_rng(0)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import socket
 
-from helpers_ros import NodeProcess, RosClient, domain_id, node_command, ros_env, wait_for
+import pytest
+from helpers_ros import DomainIds, NodeProcess, RosClient, node_command, ros_env, wait_for
 
 from dfanet_tools.ros_process.dds import (
     bound_udp_addresses,
@@ -14,7 +15,7 @@ from dfanet_tools.ros_process.dds import (
     large_image_profile,
 )
 
-DOMAIN = domain_id(__name__)
+pytestmark = pytest.mark.ros
 
 
 def test_bound_addresses_are_read_from_the_kernel():
@@ -34,10 +35,11 @@ def test_bound_addresses_are_read_from_the_kernel():
             s.close()
 
 
-def test_node_and_test_client_bind_loopback_only():
+@pytest.mark.slow
+def test_node_and_test_client_bind_loopback_only(ros_domain):
     node = NodeProcess(node_command({"camera_topics": ["/dds/image"], "device": "cpu",
-                                     "backend": "eager", "cpu_threads": 1}), ros_env(DOMAIN))
-    client = RosClient(DOMAIN)
+                                     "backend": "eager", "cpu_threads": 1}), ros_env(ros_domain))
+    client = RosClient(ros_domain)
     try:
         # Discovery done both ways: the node's class map reaches us.
         from dfanet_ros.msg import ClassMap
@@ -68,3 +70,16 @@ def test_a_users_profile_is_kept(tmp_path):
     assert bare["FASTDDS_DEFAULT_PROFILES_FILE"] == str(large_image_profile())
     assert bare["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SYSTEM_DEFAULT"
     assert "FASTDDS_BUILTIN_TRANSPORTS" not in bare
+
+
+def test_each_key_of_a_run_gets_a_valid_domain_of_its_own():
+    ids = DomainIds()
+    keys = [f"test/test_x.py::test_{i}" for i in range(60)]
+    given = [ids(key) for key in keys]
+    assert sorted(given) == list(range(170, 230))  # valid (0..232), none given twice
+    assert [ids(key) for key in keys] == given  # a key keeps its id
+    with pytest.raises(RuntimeError, match="more than 60 DDS domains"):
+        ids("one too many")
+    # Runs side by side (other process ids) start each key elsewhere in the range.
+    firsts = {DomainIds(salt=pid)("test/test_x.py::test_0") for pid in range(1000, 1010)}
+    assert len(firsts) == 10

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from dfanet_model.checkpoint import ModelCard, save_model
@@ -15,26 +16,26 @@ from dfanet_model.network import build_dfanet
 from dfanet_model.resources import DEFAULT_CHECKPOINT
 
 REPO = Path(__file__).resolve().parents[1]
-ROS_DOMAIN = 141  # this module's own DDS domain
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 
-def _user_env() -> dict[str, str]:
+def _user_env(domain: int) -> dict[str, str]:
     """The environment of a user without a DDS profile, as before the test suite set one; the
     venv running these tests is the one the script sets up and uses."""
-    env = dict(os.environ, ROS_DOMAIN_ID=str(ROS_DOMAIN), DFANET_VENV=sys.prefix,
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), DFANET_VENV=sys.prefix,
                ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     for name in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"):
         env.pop(name, None)
     return env
 
 
-def _run_demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def _run_demo(tmp_path: Path, domain: int, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(REPO / "scripts" / "demo.sh"), "--out", str(tmp_path / "out"),
                            "--no-progress", *args], capture_output=True, text=True,
-                          timeout=240, env=_user_env(), cwd=tmp_path)
+                          timeout=240, env=_user_env(domain), cwd=tmp_path)
 
 
-def test_dfanet_demo_run_directly_binds_loopback_only(tmp_path):
+def test_dfanet_demo_run_directly_binds_loopback_only(tmp_path, ros_domain):
     """``dfanet demo`` outside scripts/confined.sh: its own participant and the node it starts
     bind UDP on loopback only, by their transports, even with the user's LOCALHOST range (which
     alone left four sockets on 0.0.0.0)."""
@@ -46,7 +47,7 @@ def test_dfanet_demo_run_directly_binds_loopback_only(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "dfanet_tools.cli", "demo", "--out",
                              str(tmp_path / "out"), "--no-progress", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=_user_env(), cwd=tmp_path)
+                            env=_user_env(ros_domain), cwd=tmp_path)
     try:
         seen = bound_udp_while_running(proc, timeout=200)
         output = proc.communicate(timeout=30)[0]
@@ -70,12 +71,12 @@ def _random_checkpoint(tmp_path: Path) -> Path:
     return ckpt
 
 
-def test_demo_replays_the_sample_drive_through_the_node(tmp_path):
+def test_demo_replays_the_sample_drive_through_the_node(tmp_path, ros_domain):
     args: list[str] = []
     if not DEFAULT_CHECKPOINT.is_file():
         # Until the trained model ships, the same path with random DFANet-B weights.
         args = ["--checkpoint", str(_random_checkpoint(tmp_path))]
-    result = _run_demo(tmp_path, *args)
+    result = _run_demo(tmp_path, ros_domain, *args)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "8 CamVid test frames" in result.stdout
     assert "frames sent 8, answered 8, dropped 0" in result.stdout
@@ -93,7 +94,7 @@ def test_demo_replays_the_sample_drive_through_the_node(tmp_path):
     assert (tmp_path / "out" / "sample_drive" / "metadata.yaml").is_file()
 
 
-def test_demo_names_a_missing_checkpoint(tmp_path):
-    result = _run_demo(tmp_path, "--checkpoint", str(tmp_path / "missing.safetensors"))
+def test_demo_names_a_missing_checkpoint(tmp_path, ros_domain):
+    result = _run_demo(tmp_path, ros_domain, "--checkpoint", str(tmp_path / "missing.safetensors"))
     assert result.returncode == 1
     assert f"checkpoint {tmp_path / 'missing.safetensors'}: file not found" in result.stderr

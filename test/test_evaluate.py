@@ -48,6 +48,7 @@ def direct_predictions(model, card, images, size=None):
     return logits.argmax(1)
 
 
+@pytest.mark.slow
 def test_eval_cli_scores_match_a_direct_confusion_matrix(tmp_path, checkpoint, sample_camvid,
                                                          test_split, capsys):
     out, frames = tmp_path / "scores.json", tmp_path / "frames.json"
@@ -111,6 +112,7 @@ def test_eval_errors_name_what_is_wrong(tmp_path, checkpoint, sample_camvid, cap
     assert "predicts 11 classes but cityscapes has 19" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_eval_draws_a_prediction_grid(tmp_path, checkpoint, sample_camvid):
     from PIL import Image
 

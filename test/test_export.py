@@ -38,6 +38,7 @@ def reference(checkpoint, x):
         return model(x)
 
 
+@pytest.mark.slow
 def test_torchscript_logits(tmp_path, checkpoint, capsys):
     out = tmp_path / "model.ts"
     assert main(["export", str(checkpoint), "--format", "torchscript", "--out", str(out),
@@ -55,6 +56,7 @@ def test_torchscript_logits(tmp_path, checkpoint, capsys):
 
 
 @pytest.mark.parametrize("labels", [False, True], ids=["logits", "labels"])
+@pytest.mark.slow
 def test_onnx_with_dynamic_size(tmp_path, checkpoint, capsys, labels):
     import onnx
     import onnxruntime as ort

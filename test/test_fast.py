@@ -88,6 +88,7 @@ def test_fold_is_exact_per_layer() -> None:
             assert (out - ref).abs().max().item() < 1e-5 * (1 + ref.abs().max().item())
 
 
+@pytest.mark.slow
 def test_folding_adds_no_error_beyond_fp32_rounding() -> None:
     model = _trained_like("B")
     x = torch.randn(1, 3, 53, 71, generator=torch.Generator().manual_seed(7))
@@ -100,6 +101,7 @@ def test_folding_adds_no_error_beyond_fp32_rounding() -> None:
     assert folded64_error < 1e-9  # in fp64 the fold is exact up to rounding
 
 
+@pytest.mark.slow
 def test_fold_removes_every_batch_norm_and_leaves_the_original(model: nn.Module) -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
@@ -142,6 +144,7 @@ def test_eager_backend_matches(model: nn.Module, size: tuple[int, int],
 
 
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime is not installed")
+@pytest.mark.slow
 def test_onnxruntime_backend_matches_and_rebuilds_per_shape(model: nn.Module) -> None:
     prepared = prepare_for_inference(model, backend="onnxruntime")
     torch.manual_seed(4)
@@ -153,6 +156,7 @@ def test_onnxruntime_backend_matches_and_rebuilds_per_shape(model: nn.Module) ->
     assert len(prepared.inner._cache) == 2
 
 
+@pytest.mark.slow
 def test_auto_backend_matches_on_cpu() -> None:
     model = _trained_like("B")
     prepared = prepare_for_inference(model)
@@ -184,6 +188,7 @@ def test_compile_backend_matches() -> None:
         _assert_close(prepared(x), model(x))
 
 
+@pytest.mark.slow
 def test_image_to_labels_matches_normalise_then_argmax() -> None:
     model = _trained_like("B")
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -263,6 +268,7 @@ def test_cuda_graph_inputs_outputs_and_shared_pool() -> None:
 
 
 @pytest.mark.parametrize("backend", ["eager", "onnxruntime"])
+@pytest.mark.slow
 def test_prepare_labels_matches_eager_labels(backend: str) -> None:
     if backend == "onnxruntime" and not HAS_ORT:
         pytest.skip("onnxruntime is not installed")

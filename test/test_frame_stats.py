@@ -70,3 +70,22 @@ def test_running_mean_keeps_the_last_window():
     for value in (0.9, 0.1, 0.2, 0.3):
         mean.add(value)
     assert mean.mean() == pytest.approx(0.2)  # 0.9 fell out of the window
+
+
+def test_frames_lost_in_dds_join_the_total_that_info_reports():
+    """``frames_lost_total`` (SegmentationInfo.dropped_frames) is every frame that reached the
+    node's subscription or its middleware and produced no output: replaced by a newer one,
+    lost in DDS (message_lost events) and bad.  Frames skipped for want of subscribers were
+    not lost, and sequence gaps (``unseen``) overlap the DDS losses, so neither counts."""
+    stats = CameraStats()
+    stats.count("lost", 3)  # two message_lost events
+    stats.count("lost", 2)
+    stats.count("dropped", 4)
+    stats.count_bad("encoding")
+    stats.count("unwatched", 7)
+    stats.count_sequence(b"camera", 1)
+    stats.count_sequence(b"camera", 9)  # 7 never delivered
+    snap = stats.snapshot()
+    assert snap["frames_lost_dds"] == 5 and snap["frames_dropped_newer"] == 4
+    assert snap["frames_unseen"] == 7 and snap["frames_unwatched"] == 7
+    assert stats.frames_lost_total == 4 + 5 + 1

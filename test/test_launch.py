@@ -23,7 +23,6 @@ from helpers_ros import (
     REPO,
     NodeProcess,
     RosClient,
-    domain_id,
     ros_env,
     wait_for,
 )
@@ -34,7 +33,7 @@ LAUNCH = REPO / "launch" / "segment.launch.py"
 PARAMS = REPO / "config" / "segment.yaml"
 RVIZ = REPO / "config" / "segment.rviz"
 PROFILE = REPO / "config" / "fastdds_large_images.xml"
-DOMAIN = domain_id(__name__)
+pytestmark = pytest.mark.ros
 DECLARED = {name: default for name, default, *_ in PARAMETERS}
 
 # What the launch file may import from launch and launch_ros, read from their rolling sources
@@ -169,7 +168,9 @@ def launched_command(p, tmp_path) -> list[str]:
     return cmd + list(p.ros_arguments)
 
 
-def test_launched_node_takes_the_file_then_the_arguments(launch, defaults, tmp_path):
+@pytest.mark.slow
+def test_launched_node_takes_the_file_then_the_arguments(launch, defaults, tmp_path,
+                                                         ros_domain):
     """The node as the launch starts it: overrides win over the params file, every other
     parameter has the file's value and type, the namespace and log level apply, and
     ``camera_topics:=,`` fails configure with the node's own message."""
@@ -178,8 +179,8 @@ def test_launched_node_takes_the_file_then_the_arguments(launch, defaults, tmp_p
     params = yaml.safe_load(PARAMS.read_text())["/**"]["ros__parameters"]
     assert set(params) == set(DECLARED), "config/segment.yaml must list every parameter"
     assert params["camera_topics"] == [defaults["camera_topics"]]
-    proc = NodeProcess(launched_command(p, tmp_path), ros_env(DOMAIN))
-    client = RosClient(DOMAIN)
+    proc = NodeProcess(launched_command(p, tmp_path), ros_env(ros_domain))
+    client = RosClient(ros_domain)
     full_name = f"robot1/{NODE_NAME}"
     try:
         names = wait_for(lambda: _try(client.list_parameters, full_name), 60.0,
@@ -297,8 +298,9 @@ print("received", len(good), "intact", sum(good))
 """
 
 
-def test_large_images_cross_processes_with_the_profile():
-    env = ros_env(DOMAIN + 2, FASTDDS_DEFAULT_PROFILES_FILE=str(PROFILE))
+@pytest.mark.slow
+def test_large_images_cross_processes_with_the_profile(ros_domain):
+    env = ros_env(ros_domain, FASTDDS_DEFAULT_PROFILES_FILE=str(PROFILE))
     sub = subprocess.Popen([sys.executable, "-c", _SUBSCRIBER], env=env, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(0.5)

@@ -7,6 +7,7 @@ import torch
 from dfanet_model.info import count
 from dfanet_model.network import VARIANTS, build_dfanet
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.mark.parametrize("variant", ["A", "B"])
 @pytest.mark.parametrize("size", [(360, 480), (128, 256), (97, 131), (33, 65), (1, 1)])
@@ -20,6 +21,7 @@ def test_logits_have_the_input_size(variant, size):
 
 
 @pytest.mark.parametrize("size", [(720, 960), (1080, 1920)])
+@pytest.mark.slow
 def test_large_sizes_that_public_ports_reject(size):
     model = build_dfanet("B", 3).eval()
     with torch.no_grad():
@@ -27,6 +29,7 @@ def test_large_sizes_that_public_ports_reject(size):
 
 
 @pytest.mark.parametrize("variant", ["A", "B"])
+@pytest.mark.slow
 def test_gradients_reach_every_parameter(variant):
     torch.manual_seed(0)
     model = build_dfanet(variant, 5).train()
@@ -43,6 +46,7 @@ def test_gradients_reach_every_parameter(variant):
     assert no_grad == []
 
 
+@pytest.mark.slow
 def test_training_from_scratch_starts_stable():
     torch.manual_seed(0)
     model = build_dfanet("A", 11).train()
@@ -53,6 +57,7 @@ def test_training_from_scratch_starts_stable():
     assert grad_norm < 100, f"gradient norm {grad_norm:.1f} at initialisation"
 
 
+@pytest.mark.slow
 def test_eval_mode_is_deterministic():
     torch.manual_seed(0)
     model = build_dfanet("A", 11).eval()
@@ -126,6 +131,7 @@ def test_backbone_features_are_named():
     ("A", (512, 1024), 1_830_475, 1_442_767_872),
     ("B", (1024, 1024), 1_099_499, 1_518_434_304),
 ])
+@pytest.mark.slow
 def test_counts_are_pinned(variant, size, params, macs):
     c = count(variant, size, 19)
     assert (c.params, c.macs) == (params, macs)
@@ -162,6 +168,7 @@ print("trained")
 """
 
 
+@pytest.mark.slow
 def test_channels_last_training_at_the_sizes_that_crashed_onednn():
     import subprocess
     import sys

@@ -36,6 +36,9 @@ from dfanet_ros.conversions import array_to_compressed
 from dfanet_ros.engine import ENCODING_CHANNELS, SegmentationEngine
 from dfanet_ros.segmentation_node import output_topic
 
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+# The node and client the module's tests share; tests with participants of their own take a
+# domain each (the ros_domain fixture).
 DOMAIN = domain_id(__name__)
 CAMERA, COMPRESSED, LAZY, FUZZ = ("/camera/image", "/camera2/image/compressed",
                                   "/lazy/image", "/fuzz/image")
@@ -319,36 +322,58 @@ def test_publish_switches_change_at_run_time(client, node, frame):
         close_all(cols)
 
 
+FRAME_FATES = ("frames_processed", "frames_dropped_newer", "frames_unwatched", "frames_bad")
+
+
+def settled(diagnostics, topic: str, node, received: int | None = None, labels: int = 0
+            ) -> dict[str, str]:
+    """The first diagnostics of ``topic`` sent after this call in which every frame the node
+    received has met its fate (segmented, replaced, skipped or refused), with ``received``
+    frames received in all (when given) and at least ``labels`` labels published."""
+    def check():
+        values = latest(diagnostics, topic, node, time.monotonic())
+        got = counter(values, "frames_received")
+        done = sum(counter(values, fate) for fate in FRAME_FATES)
+        return (done == got and (received is None or got == received)
+                and counter(values, "published_label") >= labels and values)
+    return wait_for(check, 30.0, f"{topic}: {received or 'all'} frames received and handled",
+                    node)
+
+
 def test_only_watched_outputs_are_computed(client, node, frame, diagnostics):
+    """Every wait is for a condition, never for time: each frame is sent once the node has
+    handled the last one (so none is replaced in its one-frame slot), and counters are read
+    from diagnostics that have counted every frame sent."""
     image = np.ascontiguousarray(frame[::4, ::4])
     cols = collectors(client, LAZY, ("label",))
     for _ in range(3):
         exchange(client, node, LAZY, lambda s: image_message(image, "rgb8", s), cols)
-    start = time.monotonic()
-    values = wait_for(lambda: (v := latest(diagnostics, LAZY, node, start))
-                      and counter(v, "published_label") >= 3 and v, 20.0, "3 labels", node)
+    # The labels we hold were all counted, so every frame sent before them was handled too.
+    values = settled(diagnostics, LAZY, node, labels=len(cols["label"].messages))
+    assert counter(values, "published_label") >= 3
     assert counter(values, "published_overlay") == 0
     assert counter(values, "published_color") == 0 and counter(values, "published_info") == 0
-    labels = counter(values, "published_label")
     close_all(cols)
     # Nobody listens now: frames are received and skipped, nothing is computed.
     pub = exchange.publishers[LAZY]
-    unwatched = counter(values, "frames_unwatched")
+    received, unwatched = counter(values, "frames_received"), counter(values, "frames_unwatched")
 
-    def skipped():
+    def send_one() -> dict[str, str]:
+        nonlocal received
         pub.publish(image_message(image, "rgb8", next_stamp()))
-        v = latest(diagnostics, LAZY, node, time.monotonic() - 0.1)
-        return counter(v, "frames_unwatched") > unwatched and v
+        received += 1
+        return settled(diagnostics, LAZY, node, received)
 
-    # The node learns of our unsubscribing through discovery: wait for the first skip.
-    values = wait_for(skipped, 20.0, "a frame skipped for want of subscribers", node)
-    labels, unwatched = counter(values, "published_label"), counter(values, "frames_unwatched")
+    # The node learns of our unsubscribing through discovery: frames are segmented until then.
+    deadline = time.monotonic() + 30.0
+    while counter(values := send_one(), "frames_unwatched") == unwatched:
+        assert time.monotonic() < deadline, f"no frame skipped for want of subscribers: {values}"
+    before = values
     for _ in range(3):
-        pub.publish(image_message(image, "rgb8", next_stamp()))
-    values = wait_for(lambda: (v := latest(diagnostics, LAZY, node, time.monotonic()))
-                      and counter(v, "frames_unwatched") == unwatched + 3 and v, 20.0,
-                      "3 more skipped frames", node)
-    assert counter(values, "published_label") == labels
+        values = send_one()
+    assert counter(values, "frames_unwatched") == counter(before, "frames_unwatched") + 3
+    for key in ("frames_processed", "published_label", "frames_dropped_newer"):
+        assert counter(values, key) == counter(before, key), key
 
 
 def test_low_mean_confidence_warns_in_diagnostics(client, node, frame, diagnostics):
@@ -496,7 +521,7 @@ def test_fuzzed_frames_never_stop_the_node_and_are_all_counted(client, node, fra
 # -- topic names ----------------------------------------------------------------------------
 
 
-def test_remap_and_namespace_move_inputs_and_outputs_together(checkpoint, frame):
+def test_remap_and_namespace_move_inputs_and_outputs_together(checkpoint, frame, ros_domain):
     """The default camera topic is relative and the outputs derive from the resolved camera
     name: a remap (the README's example) or a namespace moves all of them."""
     image = np.ascontiguousarray(frame[::4, ::4])
@@ -508,9 +533,9 @@ def test_remap_and_namespace_move_inputs_and_outputs_together(checkpoint, frame)
         "namespace": (["-r", "__ns:=/robot1"], "/robot1/camera/image_raw",
                       "/robot1/camera/segmentation/label", "/robot1/segmentation/class_map"),
     }
-    procs = {name: NodeProcess(node_command(params) + extra, ros_env(DOMAIN + 3))
+    procs = {name: NodeProcess(node_command(params) + extra, ros_env(ros_domain))
              for name, (extra, *_) in cases.items()}
-    client = RosClient(DOMAIN + 3)
+    client = RosClient(ros_domain)
     try:
         for name, (_, camera, label_topic, class_map_topic) in cases.items():
             node = procs[name]
@@ -552,7 +577,7 @@ def _mismatched(path, **card_fields):
     return path
 
 
-def test_start_up_failures_exit_with_one_clear_line(tmp_path, checkpoint):
+def test_start_up_failures_exit_with_one_clear_line(tmp_path, checkpoint, ros_domain):
     import torch
 
     cases = {
@@ -568,7 +593,7 @@ def test_start_up_failures_exit_with_one_clear_line(tmp_path, checkpoint):
                 for name, (params, *_) in cases.items()}
     # The missing-checkpoint case runs the executable the launch file starts, as installed.
     commands["missing"][1:3] = [str(REPO / "scripts" / "segmentation_node")]
-    procs = {name: NodeProcess(command, ros_env(DOMAIN + 1))
+    procs = {name: NodeProcess(command, ros_env(ros_domain))
              for name, command in commands.items()}
     try:
         for name, proc in procs.items():
@@ -585,13 +610,13 @@ def test_start_up_failures_exit_with_one_clear_line(tmp_path, checkpoint):
             proc.stop()
 
 
-def test_ctrl_c_under_launch_ends_the_node_cleanly():
+def test_ctrl_c_under_launch_ends_the_node_cleanly(ros_domain):
     """A terminal's Ctrl-C reaches ros2 launch and the node, and launch forwards another
     SIGINT: two SIGINTs in a row still end the node with status 0."""
     import signal
 
-    proc = NodeProcess(node_command({"autostart": False}), ros_env(DOMAIN + 4))
-    client = RosClient(DOMAIN + 4)
+    proc = NodeProcess(node_command({"autostart": False}), ros_env(ros_domain))
+    client = RosClient(ros_domain)
     try:
         wait_for(lambda: _has_services(client), 60.0, "the node's services", proc)
         proc.proc.send_signal(signal.SIGINT)
@@ -610,7 +635,7 @@ def _has_services(client) -> bool:
         return False
 
 
-def test_lifecycle_transitions_in_process(checkpoint, tmp_path, capfd):
+def test_lifecycle_transitions_in_process(checkpoint, tmp_path, capfd, ros_domain):
     import rclpy
     from lifecycle_msgs.msg import State
     from rclpy.lifecycle import TransitionCallbackReturn
@@ -619,7 +644,7 @@ def test_lifecycle_transitions_in_process(checkpoint, tmp_path, capfd):
     from dfanet_ros.segmentation_node import SegmentationNode
 
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=DOMAIN + 2)
+    rclpy.init(context=context, domain_id=ros_domain)
     node = SegmentationNode(context=context, parameter_overrides=[
         Parameter("checkpoint", value=str(checkpoint)), Parameter("autostart", value=False),
         Parameter("device", value="cpu"), Parameter("camera_topics", value=["lc/image"]),
@@ -648,7 +673,7 @@ def test_lifecycle_transitions_in_process(checkpoint, tmp_path, capfd):
         # Inactive, the publishers stay: a transient-local subscriber arriving now still gets
         # the class map published at activation.
         assert node.count_publishers("/lc/segmentation/overlay") == 1
-        client = RosClient(DOMAIN + 2, "lifecycle_test_client")
+        client = RosClient(ros_domain, "lifecycle_test_client")
         try:
             latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                                  durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -755,7 +780,7 @@ def test_extreme_aspect_frames_leave_the_node_resident_memory_as_it_was(checkpoi
         proc.stop()
 
 
-def test_deactivate_waits_for_one_frame_at_most(checkpoint):
+def test_deactivate_waits_for_one_frame_at_most(checkpoint, ros_domain):
     """Deactivate once joined each camera's worker in turn: with a frame queued at the engine
     lock behind another, the lifecycle service was held for every camera's frame."""
     import rclpy
@@ -766,7 +791,7 @@ def test_deactivate_waits_for_one_frame_at_most(checkpoint):
 
     cameras = ["d0/image", "d1/image", "d2/image"]
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=DOMAIN + 3)
+    rclpy.init(context=context, domain_id=ros_domain)
     node = SegmentationNode(context=context, parameter_overrides=[
         Parameter("checkpoint", value=str(checkpoint)), Parameter("autostart", value=False),
         Parameter("device", value="cpu"), Parameter("camera_topics", value=cameras),
@@ -817,7 +842,7 @@ def test_deactivate_waits_for_one_frame_at_most(checkpoint):
         rclpy.try_shutdown(context=context)
 
 
-def test_frames_dds_replaced_in_the_input_queue_are_counted(checkpoint):
+def test_frames_dds_replaced_in_the_input_queue_are_counted(checkpoint, ros_domain):
     """With the default best-effort, depth-1 input, frames that arrive faster than the executor
     takes them are replaced inside DDS and never reach the node's callback: the publishers'
     sequence numbers count them (frames_unseen), so published = received + unseen."""
@@ -828,7 +853,7 @@ def test_frames_dds_replaced_in_the_input_queue_are_counted(checkpoint):
     from dfanet_ros.segmentation_node import SegmentationNode
 
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=DOMAIN + 4)
+    rclpy.init(context=context, domain_id=ros_domain)
     node = SegmentationNode(context=context, parameter_overrides=[
         Parameter("checkpoint", value=str(checkpoint)), Parameter("autostart", value=False),
         Parameter("device", value="cpu"), Parameter("camera_topics", value=["q/image"]),

@@ -47,12 +47,14 @@ def trained_run(tmp_path_factory, sample_camvid):
     return run_dir
 
 
+@pytest.mark.slow
 def test_loss_falls_on_real_frames(trained_run):
     losses = [r["loss"] for r in log_records(trained_run) if r["event"] == "train"]
     assert len(losses) == 6
     assert sum(losses[-2:]) / 2 < 0.8 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_run_dir_holds_checkpoints_log_and_deployable_model(trained_run):
     names = sorted(p.name for p in trained_run.iterdir())
     assert names == ["best.pt", "best.safetensors", "config.yaml", "last.pt", "log.jsonl",
@@ -73,6 +75,7 @@ def test_run_dir_holds_checkpoints_log_and_deployable_model(trained_run):
     assert last["iteration"] == 30 and last["best_iteration"] == best_eval["iteration"]
 
 
+@pytest.mark.slow
 def test_plot_draws_the_curves(trained_run, capsys):
     assert main(["plot", str(trained_run)]) == 0
     png = trained_run / "curves.png"
@@ -104,6 +107,7 @@ def _state_equal(a, b, path="state"):
     {"class_weights": "inverse_log_frequency", "loss": "ohem", "color_jitter": 0.3,
      "channels_last": "true"},
 ], ids=["median_frequency", "ohem_jitter_channels_last"])
+@pytest.mark.slow
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, sample_camvid, recipe):
     settings = dict(iterations=4, eval_every=2, save_every=100, warmup_iterations=2,
                     eval_size="[90,120]", **recipe)
@@ -124,6 +128,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, sample_camvid, r
     assert evals[0] == evals[1]
 
 
+@pytest.mark.slow
 def test_resume_with_more_iterations_extends_the_schedule(tmp_path, sample_camvid):
     settings = dict(iterations=2, eval_every=0, save_every=100, val_split="null",
                     warmup_iterations=0, lr=0.1, poly_power=1.0)
@@ -137,6 +142,7 @@ def test_resume_with_more_iterations_extends_the_schedule(tmp_path, sample_camvi
     assert lrs[4] == pytest.approx(0.0)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_resumable_checkpoint(tmp_path, sample_camvid):
     run_dir = tmp_path / "run"
     args = train_args(run_dir, sample_camvid, iterations=100000, val_split="null",
@@ -181,6 +187,7 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path, sample_camvid):
     assert took < 3 + 5, took  # budget 3 s; the margin keeps any overrun small
 
 
+@pytest.mark.slow
 def test_torchrun_two_process_gloo_job(tmp_path, sample_camvid):
     args = train_args(tmp_path, sample_camvid, iterations=2, eval_every=0,
                       eval_size="[90,120]")
@@ -201,6 +208,7 @@ def test_torchrun_two_process_gloo_job(tmp_path, sample_camvid):
     assert not torch.equal(state["rng"][0]["augment"], state["rng"][1]["augment"])
 
 
+@pytest.mark.slow
 def test_full_camvid_training_split(tmp_path, camvid_root):
     assert main(train_args(tmp_path, camvid_root, iterations=6, log_every=3, batch_size=4,
                            val_split="null", class_weights="median_frequency")) == 0
@@ -231,11 +239,13 @@ def test_bad_settings_are_named(tmp_path, sample_camvid, capsys):
     assert "CamVid root" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_existing_run_needs_resume(trained_run, sample_camvid, capsys):
     assert main(train_args(trained_run, sample_camvid)) == 1
     assert "already holds last.pt: pass --resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_finish_uses_best_safetensors_when_best_pt_stayed_behind(tmp_path, sample_camvid):
     # A run continued on a fresh machine carries last.pt and best.safetensors, not best.pt.
     settings = dict(iterations=4, eval_every=2, save_every=100, eval_size="[90,120]",
@@ -252,6 +262,7 @@ def test_finish_uses_best_safetensors_when_best_pt_stayed_behind(tmp_path, sampl
     assert set(card.metrics) == {"val", "test"}
 
 
+@pytest.mark.slow
 def test_cpu_campaign_script_runs_and_resumes_pieces(tmp_path, sample_camvid):
     """scripts/cpu_train.sh: a piece starts the kept run, the next resumes it (here with two
     one-thread processes), and the curves are redrawn after each."""
@@ -281,6 +292,7 @@ def test_cpu_campaign_script_runs_and_resumes_pieces(tmp_path, sample_camvid):
     assert too_long.returncode == 2 and "at most 150 minutes" in too_long.stderr
 
 
+@pytest.mark.slow
 def test_disk_full_during_training_is_one_line_and_keeps_the_last_checkpoint(tmp_path,
                                                                               sample_camvid):
     """A full disk once ended training with a 38-line traceback ('unexpected pos ...'): the
