@@ -99,11 +99,11 @@ class NodeParameters:
         the descriptors); ValueError names a bad one."""
         p = {name: values[name] for name in PARAMETER_NAMES}
         if not p["checkpoint"]:
-            from dfanet_model.resources import DEFAULT_CHECKPOINT
-            if not DEFAULT_CHECKPOINT.is_file():
-                raise ValueError("no checkpoint: set the 'checkpoint' parameter (the shipped "
-                                 f"default {DEFAULT_CHECKPOINT.name} is not installed)")
-            p["checkpoint"] = str(DEFAULT_CHECKPOINT)
+            from dfanet_model.resources import checkpoint_or_default
+            try:
+                p["checkpoint"] = str(checkpoint_or_default(None))
+            except FileNotFoundError as e:
+                raise ValueError(f"{e}: set the 'checkpoint' parameter") from None
         for name in ("input_reliability", "output_reliability"):
             if p[name] not in RELIABILITIES:
                 raise ValueError(f"parameter {name} must be best_effort or reliable, got "

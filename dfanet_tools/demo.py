@@ -29,13 +29,13 @@ def run(args: argparse.Namespace) -> int:
     from dfanet_model.checkpoint import CheckpointError, read_checkpoint
     from dfanet_model.resources import SAMPLE_CAMVID_DIR
 
-    from .bag.evaluate import EvalError, EvalOptions, default_checkpoint, evaluate_and_report
+    from .bag.evaluate import EvalError, EvalOptions, checkpoint_to_use, evaluate_and_report
     from .bag.make import make_bag
     from .report import SUMMARY_MD
 
     out: Path = args.out
     try:
-        checkpoint = args.checkpoint or default_checkpoint()
+        checkpoint = checkpoint_to_use(args.checkpoint)
         read_checkpoint(checkpoint)  # fail before making anything
     except (CheckpointError, EvalError) as e:
         print(f"dfanet demo: {e}", file=sys.stderr)

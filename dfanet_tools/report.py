@@ -39,12 +39,14 @@ def overlay_image(image: np.ndarray, label: np.ndarray, colors: Sequence[Sequenc
     return np.clip(blend + 0.5, 0, 255).astype(np.uint8)
 
 
-def _fmt(value: float, digits: int = 1, scale: float = 1.0) -> str:
+def format_number(value: float | None, digits: int = 1, scale: float = 1.0) -> str:
+    """``value * scale`` to ``digits`` decimals; "n/a" for None, NaN and infinities."""
     return "n/a" if value is None or not math.isfinite(value) else f"{value * scale:.{digits}f}"
 
 
 def summary_markdown(result: dict[str, Any], pictures: bool = True) -> str:
     """The human-readable summary of an evaluation result (see ``BagEvalResult.to_json``)."""
+    fmt = format_number
     f, lat = result["frames"], result["latency_ms"]
     lines = [
         f"# Bag evaluation: {Path(result['bag']).name}",
@@ -58,9 +60,9 @@ def summary_markdown(result: dict[str, Any], pictures: bool = True) -> str:
         "| mIoU | pixel acc. | frames sent | answered | dropped | scored | latency p50 / p90 / "
         "p99 (ms) | throughput (frames/s) |",
         "|---|---|---|---|---|---|---|---|",
-        f"| {_fmt(result['miou'], 2, 100)} | {_fmt(result['pixel_acc'], 2, 100)} | {f['sent']} | "
-        f"{f['answered']} | {f['dropped']} | {f['scored']} | {_fmt(lat['p50'])} / "
-        f"{_fmt(lat['p90'])} / {_fmt(lat['p99'])} | {_fmt(result['throughput_fps'])} |",
+        f"| {fmt(result['miou'], 2, 100)} | {fmt(result['pixel_acc'], 2, 100)} | {f['sent']} | "
+        f"{f['answered']} | {f['dropped']} | {f['scored']} | {fmt(lat['p50'])} / "
+        f"{fmt(lat['p90'])} / {fmt(lat['p99'])} | {fmt(result['throughput_fps'])} |",
         "",
         f"Latency is {result['latency_definition']}.",
     ]
@@ -68,16 +70,16 @@ def summary_markdown(result: dict[str, Any], pictures: bool = True) -> str:
     if node and math.isfinite(node["total"]["p50"]):
         lines += [
             "",
-            f"Inside the node ({node['definition']}): total p50 {_fmt(node['total']['p50'])} / "
-            f"p99 {_fmt(node['total']['p99'])} ms, inference p50 "
-            f"{_fmt(node['inference']['p50'])} / p99 {_fmt(node['inference']['p99'])} ms.",
+            f"Inside the node ({node['definition']}): total p50 {fmt(node['total']['p50'])} / "
+            f"p99 {fmt(node['total']['p99'])} ms, inference p50 "
+            f"{fmt(node['inference']['p50'])} / p99 {fmt(node['inference']['p99'])} ms.",
         ]
     lines += [
         "",
         "| class | IoU (%) | accuracy (%) |",
         "|---|---|---|",
     ]
-    lines += [f"| {c['name']} | {_fmt(c['iou'], 2, 100)} | {_fmt(c['acc'], 2, 100)} |"
+    lines += [f"| {c['name']} | {fmt(c['iou'], 2, 100)} | {fmt(c['acc'], 2, 100)} |"
               for c in result["per_class"]]
     if result["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in result["warnings"]]

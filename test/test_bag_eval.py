@@ -187,8 +187,8 @@ def test_missing_default_checkpoint_is_named(tmp_path, capsys, sample_camvid, mo
     made = make_bag(tmp_path / "bag", sample_camvid, limit=1, start_ns=T0)
     code, err = _eval(capsys, str(made.path), "--mode", "offline")
     assert code == 1
-    assert "no checkpoint given and no default checkpoint is installed" in err
-    assert "absent.safetensors" in err
+    assert "no checkpoint given and the shipped default" in err
+    assert "absent.safetensors is not installed; pass --checkpoint FILE" in err
 
 
 def _children() -> set[int]:

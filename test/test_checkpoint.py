@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dfanet_model.checkpoint import (
+    METADATA_KEY,
     CheckpointError,
     CheckpointWriteError,
     ModelCard,
@@ -206,7 +207,7 @@ def test_weights_that_do_not_fit_the_stated_model(tmp_path, model):
     save_model(path, model, camvid_card())
     # Rewrite the metadata only, so the classifier no longer fits.
     from safetensors.torch import load_file, save_file
-    save_file(load_file(str(path)), str(path), metadata={"dfanet": card.to_json()})
+    save_file(load_file(str(path)), str(path), metadata={METADATA_KEY: card.to_json()})
     with pytest.raises(CheckpointError, match=r"5 classes: 2 wrong shape: decoder\.classifier"):
         read_checkpoint(path)
 
@@ -217,7 +218,7 @@ def test_invalid_metadata(tmp_path, model):
     from safetensors.torch import load_file, save_file
     meta = json.loads(camvid_card().to_json())
     meta["class_names"] = ["only one"]
-    save_file(load_file(str(path)), str(path), metadata={"dfanet": json.dumps(meta)})
+    save_file(load_file(str(path)), str(path), metadata={METADATA_KEY: json.dumps(meta)})
     with pytest.raises(CheckpointError,
                        match=r"m\.safetensors: class_names: 1 names for 11 classes$"):
         read_checkpoint(path)
@@ -270,3 +271,13 @@ def test_write_errors_carry_the_errno_text(tmp_path, model):
     with pytest.raises(CheckpointError, match=r"^cannot write .*file/m\.safetensors: file "
                                               r"exists$"):
         save_model(blocker / "m.safetensors", model, camvid_card())
+
+
+def test_checkpoint_or_default_gives_the_path_else_the_shipped_file(tmp_path, monkeypatch):
+    from dfanet_model import resources
+
+    assert resources.checkpoint_or_default(tmp_path / "mine.pt") == tmp_path / "mine.pt"
+    assert resources.checkpoint_or_default(None) == resources.DEFAULT_CHECKPOINT
+    monkeypatch.setattr(resources, "DEFAULT_CHECKPOINT", tmp_path / "absent.safetensors")
+    with pytest.raises(FileNotFoundError, match="absent.safetensors is not installed"):
+        resources.checkpoint_or_default("")

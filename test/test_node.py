@@ -35,6 +35,7 @@ from dfanet_model.classes import CAMVID
 from dfanet_ros.conversions import array_to_compressed
 from dfanet_ros.engine import ENCODING_CHANNELS, SegmentationEngine
 from dfanet_ros.segmentation_node import output_topic
+from dfanet_tools.bench.soak import rss_mib
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 # The node and client the module's tests share; tests with participants of their own take a
@@ -735,13 +736,6 @@ def test_lifecycle_transitions_in_process(checkpoint, tmp_path, capfd, ros_domai
 # -- memory ----------------------------------------------------------------------------------
 
 
-def _rss_mib(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for process {pid}")
-
-
 def test_extreme_aspect_frames_leave_the_node_resident_memory_as_it_was(checkpoint, client,
                                                                         frame):
     """PNGs of a few KB that decode to 16 M pixels of 1,000,000x16 or 16x1,000,000 (under the
@@ -764,7 +758,7 @@ def test_extreme_aspect_frames_leave_the_node_resident_memory_as_it_was(checkpoi
 
         for _ in range(3):  # warm: plans, DDS buffers, the allocator's arenas
             exchange(client, proc, topic, make(None), cols)
-        before = _rss_mib(proc.proc.pid)
+        before = rss_mib(proc.proc.pid)
         tall = np.zeros((1_000_000, 16), np.uint8)
         tall[::7] = 200
         wide = np.zeros((16, 1_000_000, 3), np.uint8)
@@ -772,7 +766,7 @@ def test_extreme_aspect_frames_leave_the_node_resident_memory_as_it_was(checkpoi
         for big in (tall, wide, tall):
             exchange(client, proc, topic, make(big), {"info": cols["info"]}, timeout=120.0)
         exchange(client, proc, topic, make(None), cols)  # the outputs' history holds small ones
-        after = _rss_mib(proc.proc.pid)
+        after = rss_mib(proc.proc.pid)
         assert after - before < 200, f"resident {before:.0f} MiB before, {after:.0f} after"
         assert proc.alive()
     finally:

@@ -20,12 +20,15 @@ and ``online`` run the two modes, ``result`` holds what report.json holds.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dfanet_model import resources
 
 from .frames import camera_stamps, read_ground_truth, resolve_camera_topic
 from .io import DEFAULT_LABEL_TOPIC, BagError, BagReader, normalize_topic
@@ -61,15 +64,12 @@ class EvalOptions:
     node_args: list[str] = field(default_factory=list)  # extra ``-p name:=value`` for the node
 
 
-def default_checkpoint() -> Path:
-    """The shipped checkpoint, or EvalError saying it is not installed."""
-    from dfanet_model import resources
-    path = getattr(resources, "DEFAULT_CHECKPOINT", None)
-    if path is None or not Path(path).is_file():
-        raise EvalError("no checkpoint given and no default checkpoint is installed"
-                        + (f" (expected {path})" if path else "")
-                        + "; pass --checkpoint FILE")
-    return Path(path)
+def checkpoint_to_use(checkpoint: str | os.PathLike | None) -> Path:
+    """``checkpoint``, else the shipped one; EvalError when neither exists."""
+    try:
+        return resources.checkpoint_or_default(checkpoint)
+    except FileNotFoundError as e:
+        raise EvalError(f"{e}; pass --checkpoint FILE") from None
 
 
 @dataclass
@@ -91,7 +91,7 @@ def make_plan(opts: EvalOptions, reader: BagReader) -> Plan:
     """Read the checkpoint's card, resolve the topics and load the ground truth."""
     from dfanet_model.checkpoint import read_checkpoint
 
-    checkpoint = Path(opts.checkpoint) if opts.checkpoint else default_checkpoint()
+    checkpoint = checkpoint_to_use(opts.checkpoint)
     card = read_checkpoint(checkpoint).card
     camera_topic = resolve_camera_topic(reader, opts.camera_topic, opts.label_topic)
     stamps, repeats = camera_stamps(reader, camera_topic)

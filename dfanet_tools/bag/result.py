@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from ..report import overlay_image
+from ..report import format_number, overlay_image
 from ..stats import percentiles
 from .frames import stamp_str
 from .scoring import FrameLog, FrameRecord
@@ -192,7 +192,7 @@ def print_summary(result: BagEvalResult, file: TextIO | None = None) -> None:
     f, lat = result.frames, result.latency_ms
 
     def fmt(v: float, scale: float = 1.0, digits: int = 1) -> str:
-        return "n/a" if v is None or not math.isfinite(v) else f"{v * scale:.{digits}f}"
+        return format_number(v, digits, scale)
 
     print(f"{result.mode} evaluation of {result.bag} ({result.pacing}, "
           f"device {result.device})", file=file)

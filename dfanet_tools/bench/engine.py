@@ -20,10 +20,11 @@ import numpy as np
 import torch
 
 from dfanet_model.args import parse_size
+from dfanet_model.resources import checkpoint_or_default
 
 from ..stats import percentile
 from .machine import write_json
-from .options import CHECKPOINT_HELP, checkpoint_or_shipped, choice_list, size_list
+from .options import CHECKPOINT_HELP, choice_list, size_list
 
 if TYPE_CHECKING:  # imported by main only: this module loads without dfanet_ros
     from dfanet_ros.engine import SegmentationEngine
@@ -136,7 +137,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: dfanet bench engine needs dfanet_ros.engine ({e})", file=sys.stderr)
         return 2
     try:
-        checkpoint = checkpoint_or_shipped(args.checkpoint)
+        checkpoint = checkpoint_or_default(args.checkpoint)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

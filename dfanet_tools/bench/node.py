@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from dfanet_model.args import parse_size
+from dfanet_model.resources import checkpoint_or_default
 
 from ..ros_process import NodeProcess, dds_environment, node_command
 from ..stats import percentiles
 from .camera import camera_topic, run_camera
 from .collector import Collector
 from .machine import write_json
-from .options import CHECKPOINT_HELP, checkpoint_or_shipped, choice_list, rate_list, size_list
+from .options import CHECKPOINT_HELP, choice_list, rate_list, size_list
 
 DESCRIPTION = ("Start the segmentation node and a camera publisher process; measure "
                "stamp-to-output latency, sustained rate and drops per scenario (size x rate x "
@@ -240,7 +241,7 @@ def add_node_arguments(parser: argparse.ArgumentParser, threads: int | None) -> 
 def node_settings(args: argparse.Namespace) -> NodeSettings:
     """``NodeSettings`` from the options of ``add_node_arguments`` and ``--model-size``;
     FileNotFoundError when no checkpoint is given and none is shipped."""
-    return NodeSettings(checkpoint_or_shipped(args.checkpoint), args.device, args.fp16,
+    return NodeSettings(checkpoint_or_default(args.checkpoint), args.device, args.fp16,
                         args.model_size, args.threads, args.domain_id, args.startup_timeout,
                         list(args.node_arg), args.node_log)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Collection
-from pathlib import Path
 
 from dfanet_model.args import parse_size
 
@@ -37,15 +36,3 @@ def rate_list(text: str) -> list[float]:
     if not rates or any(r < 0 for r in rates):
         raise argparse.ArgumentTypeError(f"rates must be >= 0 (0: flat out), got {text!r}")
     return rates
-
-
-def checkpoint_or_shipped(path: Path | None) -> Path:
-    """``path``, else the checkpoint shipped with dfanet_model; FileNotFoundError naming the
-    file when that one is not installed."""
-    if path is not None:
-        return path
-    from dfanet_model.resources import DEFAULT_CHECKPOINT
-    if not DEFAULT_CHECKPOINT.is_file():
-        raise FileNotFoundError(f"no --checkpoint given and the shipped checkpoint "
-                                f"{DEFAULT_CHECKPOINT} is not installed")
-    return DEFAULT_CHECKPOINT
