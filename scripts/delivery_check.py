@@ -78,11 +78,11 @@ def main() -> None:
                              if a.node_profile else {}))
     camera_env = dict(base, **({"FASTDDS_DEFAULT_PROFILES_FILE": a.camera_profile}
                                if a.camera_profile else {}))
-    node = subprocess.Popen(
-        [sys.executable, "-m", "dfanet_ros.segmentation_node", "--ros-args", "-p", "device:=cpu",
-         "-p", "cpu_threads:=1", "-p", "diagnostics_period:=0.0",
-         "-p", "camera_topics:=[/camera/image_raw]"],
-        env=node_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from dfanet_tools.ros_process import NodeProcess, node_command
+
+    # The node's environment is this check's subject, so it is given whole (not confined).
+    node = NodeProcess(node_command({"device": "cpu", "cpu_threads": 1, "diagnostics_period": 0.0,
+                                     "camera_topics": ["/camera/image_raw"]}), env=node_env)
     import rclpy
     from sensor_msgs.msg import Image
 
@@ -118,8 +118,7 @@ def main() -> None:
     finally:
         stop.set()
         spinner.join(2.0)
-        node.send_signal(2)
-        node.wait(20)
+        node.stop()
     measured = {k: v for k, v in answers.items() if k >= 0}
     latency = np.array([v[0] for v in measured.values()])
     times = sorted(v[1] for v in measured.values())
