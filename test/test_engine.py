@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers_images import exact_blend
-from helpers_ros import SMALL_INPUT, make_checkpoint, read_rgb, torch_threads
+from helpers_ros import SMALL_INPUT, make_checkpoint, read_rgb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,10 +31,7 @@ PALETTE = np.asarray(CAMVID.colors, np.uint8)
 YUV = ("yuv422", "uyvy", "yuv422_yuy2", "yuyv")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from helpers_ros import (
     node_command,
     read_rgb,
     ros_env,
-    torch_threads,
     wait_for,
 )
 from hypothesis import HealthCheck, example, given, settings
@@ -37,7 +36,7 @@ from dfanet_ros.engine import ENCODING_CHANNELS, SegmentationEngine
 from dfanet_ros.segmentation_node import output_topic
 from dfanet_tools.bench.soak import rss_mib
 
-pytestmark = [pytest.mark.ros, pytest.mark.slow]
+pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 # The node and client the module's tests share; tests with participants of their own take a
 # domain each (the ros_domain fixture).
 DOMAIN = domain_id(__name__)
@@ -50,12 +49,6 @@ _stamps = itertools.count(1000)
 
 def next_stamp() -> tuple[int, int]:
     return (next(_stamps), 500)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,11 @@ import types
 
 import numpy as np
 import pytest
-from helpers_ros import image_message, make_checkpoint, torch_threads, wait_for
+from helpers_ros import image_message, make_checkpoint, wait_for
 
-pytestmark = pytest.mark.ros
+pytestmark = [pytest.mark.ros, pytest.mark.usefixtures("one_thread")]
 
 FRAME = np.zeros((24, 32, 3), np.uint8)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")
