@@ -243,12 +243,50 @@ class SegmentationSplit:
         return len(self) * h * w * 4
 
 
-def open_split(dataset: str, root: str | os.PathLike, split: str, workers: int = 4
-               ) -> SegmentationSplit:
-    """List and pair a split's files (nothing decoded yet)."""
+def split_files(dataset: str, root: str | os.PathLike, split: str
+                ) -> list[tuple[Path, Path]]:
+    """The file pairs of a split expression: splits joined by ``+``, each optionally narrowed
+    to one drive (CamVid sequence or Cityscapes city) as ``split/DRIVE``.
+
+    ``train+val`` is the usual CamVid training set for a test score; ``train/0006R0`` is the
+    one drive held out from training to choose a recipe on (val shares its drive with train).
+    A drive is the part of a frame's file name before its first ``_``.
+    """
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
-    return SegmentationSplit(dataset, split, DATASETS[dataset](root, split),
+    pairs: list[tuple[Path, Path]] = []
+    for term in split.split("+"):
+        name, _, drive = (part.strip() for part in term.partition("/"))
+        if not name or (term.count("/") and not drive) or term.count("/") > 1:
+            raise DataError(f"split {split!r}: {term!r} is not SPLIT or SPLIT/DRIVE")
+        files = DATASETS[dataset](root, name)
+        if drive:
+            files = [pair for pair in files if _drive(pair[0]) == drive]
+            if not files:
+                raise DataError(f"split {split!r}: no frame of drive {drive!r} in {name!r} "
+                                f"(its drives: {', '.join(drives(dataset, root, name))})")
+        pairs += files
+    seen: set[Path] = set()
+    repeated = [image.name for image, _ in pairs if image in seen or seen.add(image)]
+    if repeated:
+        raise DataError(f"split {split!r} names {len(repeated)} frame(s) twice, e.g. "
+                        f"{repeated[0]}")
+    return pairs
+
+
+def _drive(image: Path) -> str:
+    return image.name.partition("_")[0]
+
+
+def drives(dataset: str, root: str | os.PathLike, split: str) -> list[str]:
+    """The drives of a split, each once, sorted."""
+    return sorted({_drive(image) for image, _ in split_files(dataset, root, split)})
+
+
+def open_split(dataset: str, root: str | os.PathLike, split: str, workers: int = 4
+               ) -> SegmentationSplit:
+    """List and pair the files of a split expression (``split_files``); nothing decoded yet."""
+    return SegmentationSplit(dataset, split, split_files(dataset, root, split),
                              CLASS_TABLES[dataset], workers=workers)
 
 
