@@ -190,11 +190,14 @@ def validate_training_state(payload: dict[str, Any]) -> None:
     Only ``model`` is required (a bare weights file is a valid training checkpoint); every
     other entry that ``dfanet train --resume`` and ``inspect`` read must have its type.
     """
-    state = payload["model"]
-    _need("model", state, dict, "a dict of tensors")
-    for key, value in state.items():
-        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise FieldError("model", f"entry {key!r:.60} is {_kind(value)}, not a tensor")
+    for name in ("model", "ema"):
+        if name not in payload:
+            continue  # only "model" is always there: read_checkpoint checked it
+        state = payload[name]
+        _need(name, state, dict, "a dict of tensors")
+        for key, value in state.items():
+            if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+                raise FieldError(name, f"entry {key!r:.60} is {_kind(value)}, not a tensor")
     for key in ("optimizer", "scheduler", "scaler", "config"):
         if key in payload:
             _need(key, payload[key], dict, "a dict")

@@ -9,6 +9,7 @@ from PIL import Image
 from dfanet_model.augment import BatchAugment, normalize
 from dfanet_model.data import (
     DataError,
+    drives,
     load_split,
     median_frequency_weights,
     open_split,
@@ -288,3 +289,30 @@ def test_color_jitter_factors_by_hand():
     assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
     flat = jitter_colors(img, torch.tensor([[1.0, 0.0, 1.0]]))
     assert (flat.float().std(dim=(1, 2)) < 1).all()  # no contrast: every pixel the mean
+
+
+def test_split_expressions_join_splits_and_hold_out_a_drive(sample_camvid):
+    def names(split):
+        return open_split("camvid", sample_camvid, split).names
+
+    assert names("train+val") == names("train") + names("val")
+    assert names("train/0006R0") == ["0006R0_f01770.jpg"]
+    # The recipe protocol: train on every other drive, choose on the held-out one.
+    rest = names("train/0001TP+train/0016E5+val")
+    assert "0006R0_f01770.jpg" not in rest
+    assert sorted(rest + names("train/0006R0")) == sorted(names("train+val"))
+    assert drives("camvid", sample_camvid, "train+val") == ["0001TP", "0006R0", "0016E5"]
+
+
+@pytest.mark.parametrize("split, problem", [
+    ("train/0099XX", "no frame of drive '0099XX' in 'train' (its drives: 0001TP, 0006R0, "
+                     "0016E5)"),
+    ("train+train/0016E5", "names 3 frame(s) twice"),
+    ("train/", "'train/' is not SPLIT or SPLIT/DRIVE"),
+    ("train/a/b", "'train/a/b' is not SPLIT or SPLIT/DRIVE"),
+    ("train+", "'' is not SPLIT or SPLIT/DRIVE"),
+])
+def test_bad_split_expressions_are_named(sample_camvid, split, problem):
+    with pytest.raises(DataError) as e:
+        open_split("camvid", sample_camvid, split)
+    assert f"split {split!r}" in str(e.value) and problem in str(e.value)

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from dfanet_model.checkpoint import read_checkpoint
+from dfanet_model.train.ema import WeightAverage
 from dfanet_tools.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,7 +107,8 @@ def _state_equal(a, b, path="state"):
     # the photometric draws and OHEM's data-dependent selection resume exactly too
     {"class_weights": "inverse_log_frequency", "loss": "ohem", "color_jitter": 0.3,
      "channels_last": "true"},
-], ids=["median_frequency", "ohem_jitter_channels_last"])
+    {"ema_decay": 0.6},  # the moving average resumes exactly too
+], ids=["median_frequency", "ohem_jitter_channels_last", "ema"])
 @pytest.mark.slow
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, sample_camvid, recipe):
     settings = dict(iterations=4, eval_every=2, save_every=100, warmup_iterations=2,
@@ -120,8 +122,10 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, sample_camvid, r
     a = read_checkpoint(tmp_path / "a" / "last.pt").training_state
     b = read_checkpoint(tmp_path / "b" / "last.pt").training_state
     assert a["iteration"] == b["iteration"] == 4
-    for key in ("model", "optimizer", "scheduler", "rng", "best_miou", "best_iteration"):
-        _state_equal(a[key], b[key], key)
+    assert ("ema" in a) == ("ema" in b) == ("ema_decay" in recipe)
+    for key in ("model", "optimizer", "scheduler", "rng", "best_miou", "best_iteration", "ema"):
+        if key in a:
+            _state_equal(a[key], b[key], key)
     assert not torch.equal(a["model"]["conv1.conv.weight"], half["model"]["conv1.conv.weight"])
     evals = [[(r["iteration"], r["miou"]) for r in log_records(tmp_path / d)
               if r["event"] == "eval"] for d in ("a", "b")]
@@ -329,3 +333,35 @@ def test_shipped_training_configs_load(name):
     from dfanet_model.train import load_config
     cfg = load_config(REPO / "config" / name)
     assert cfg.variant in ("A", "B") and cfg.iterations > 1000
+
+
+def test_weight_average_follows_its_formula():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    average = WeightAverage(model, decay=0.9)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model[1].num_batches_tracked += 7
+    average.update(model, step=100)  # d = min(0.9, 101 / 110) = 0.9
+    got, now = average.module.state_dict(), model.state_dict()
+    for key, old in start.items():
+        if old.is_floating_point():
+            torch.testing.assert_close(got[key], 0.9 * old + 0.1 * now[key])
+        else:
+            assert torch.equal(got[key], now[key]), key
+    average.update(model, step=0)  # the first steps weigh the new weights most: d = 0.1
+    weight = got["0.weight"].clone()
+    average.update(model, step=0)
+    torch.testing.assert_close(got["0.weight"], 0.1 * weight + 0.9 * now["0.weight"])
+
+
+@pytest.mark.slow
+def test_an_averaged_run_evaluates_and_ships_the_average(tmp_path, sample_camvid):
+    assert main(train_args(tmp_path, sample_camvid, iterations=3, eval_every=3, save_every=100,
+                           ema_decay=0.5, eval_size="[90,120]")) == 0
+    state = read_checkpoint(tmp_path / "last.pt").training_state
+    shipped = read_checkpoint(tmp_path / "best.safetensors").state_dict
+    key = "conv1.conv.weight"
+    assert torch.equal(shipped[key], state["ema"][key])
+    assert not torch.equal(shipped[key], state["model"][key])

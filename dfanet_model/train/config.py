@@ -51,6 +51,7 @@ class TrainConfig:
     ohem_threshold: float = 0.7            # ohem: pixels whose true class is below this prob.
     ohem_min_kept: float = 0.0625          # ohem: at least this fraction of labelled pixels
     color_jitter: float = 0.0              # brightness/contrast/saturation factors 1 +- this
+    ema_decay: float = 0.0                 # > 0: evaluate and ship a moving average of weights
     precision: str = "fp32"                # autocast: bf16 (CUDA, CPU), fp16 (CUDA) or fp32
     channels_last: bool = False
     compile: bool = False
@@ -113,6 +114,8 @@ class TrainConfig:
              f"ohem_min_kept must be a fraction in (0, 1], got {self.ohem_min_kept!r}")
         need(isinstance(self.color_jitter, (int, float)) and 0 <= self.color_jitter < 1,
              f"color_jitter must be in [0, 1), got {self.color_jitter!r}")
+        need(isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1,
+             f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay!r}")
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -164,4 +167,4 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Tr
 
 
 _FLOAT_KEYS = {"lr", "momentum", "weight_decay", "poly_power", "warmup_factor",
-               "ohem_threshold", "ohem_min_kept", "color_jitter"}
+               "ohem_threshold", "ohem_min_kept", "color_jitter", "ema_decay"}

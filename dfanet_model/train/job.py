@@ -23,6 +23,7 @@ from ..evaluate import EvalResult, autocast, evaluate, split_batches
 from ..losses import OhemCrossEntropy
 from ..network import DFANet, build_dfanet
 from .config import WEIGHT_SCHEMES, TrainConfig
+from .ema import WeightAverage
 
 
 def get_dataset(cfg: TrainConfig, split: str, device: torch.device) -> SegmentationSplit:
@@ -111,6 +112,12 @@ class Job:
     scaler: torch.amp.GradScaler
     augment: BatchAugment
     generator: torch.Generator  # drives the augmentation; checkpointed
+    ema: WeightAverage | None = None  # the moving average of the weights, when configured
+
+    @property
+    def kept_model(self) -> nn.Module:
+        """The weights a run evaluates and ships: the moving average, else the model."""
+        return self.model if self.ema is None else self.ema.module
 
     def batch(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's augmented batch of ``iteration`` (frames chosen statelessly)."""
@@ -129,7 +136,8 @@ class Job:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "rng": rngs, "config": dataclasses.asdict(self.cfg),
-                "world_size": self.ctx.world_size, **dataclasses.asdict(progress)}
+                "world_size": self.ctx.world_size, **dataclasses.asdict(progress),
+                **({} if self.ema is None else {"ema": self.ema.module.state_dict()})}
 
     def load_state(self, ckpt: LoadedCheckpoint) -> None:
         """Continue from a saved training state (the RNG states are restored separately)."""
@@ -148,6 +156,9 @@ class Job:
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         if self.scaler.is_enabled() and ts["scaler"]:
             self.scaler.load_state_dict(ts["scaler"])
+        if self.ema is not None:
+            # A run that starts averaging on resume starts from the weights it resumes.
+            self.ema.module.load_state_dict(ts.get("ema", ckpt.state_dict), strict=True)
 
 
 def build_job(cfg: TrainConfig, ctx: dist_utils.Context) -> Job:
@@ -164,7 +175,8 @@ def build_job(cfg: TrainConfig, ctx: dist_utils.Context) -> Job:
                            cfg.table.ignore_index, cfg.color_jitter)
     return Job(cfg, ctx, train_data, val_data, model, wrap(model, cfg, ctx),
                criterion(cfg, train_data, ctx.device), optimizer, scheduler, scaler, augment,
-               torch.Generator().manual_seed(cfg.seed * 1000 + ctx.rank))
+               torch.Generator().manual_seed(cfg.seed * 1000 + ctx.rank),
+               WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None)
 
 
 def train_one_step(job: Job, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -176,6 +188,8 @@ def train_one_step(job: Job, images: torch.Tensor, labels: torch.Tensor) -> torc
     job.scaler.step(job.optimizer)
     job.scaler.update()
     job.scheduler.step()
+    if job.ema is not None:
+        job.ema.update(job.model, job.scheduler.last_epoch - 1)
     return loss.detach()
 
 

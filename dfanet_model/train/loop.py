@@ -92,7 +92,7 @@ def train(cfg: TrainConfig, run_dir: Path, opts: RunOptions, ctx: dist_utils.Con
                 run.log("train", iteration=it, loss=loss, lr=lr, images_per_s=speed)
             if job.val_data is not None and (it == cfg.iterations or (
                     cfg.eval_every and it % cfg.eval_every == 0)):
-                run.record_eval(progress, evaluate_split(job.model, job.val_data, cfg, ctx),
+                run.record_eval(progress, evaluate_split(job.kept_model, job.val_data, cfg, ctx),
                                 say=lambda text: bar.write(text, file=sys.stderr))
             step_times.append(time.perf_counter() - t0)
             progress.elapsed_s += step_times[-1]
@@ -131,28 +131,28 @@ def stop_reason(signals: StopSignals, opts: RunOptions, iteration: int, started:
 def finish(job: Job, run: RunDir, progress: Progress) -> None:
     """After the last iteration: score the kept weights on the test split and record it.
 
-    The kept weights are best.pt's (chosen on val) or, without a val split, the final ones.
-    A run continued on another machine may carry only best.safetensors (the same weights;
-    training states are large, so only last.pt travels with it): then that file is used.
+    The kept weights are best.safetensors (the evaluated weights that scored best on val,
+    written with best.pt; the moving average when ``ema_decay`` is set) or, without a val
+    split, the final ones.  A run continued on another machine carries best.safetensors, not
+    best.pt (training states are large, so only last.pt travels with it).
     """
     cfg, ctx = job.cfg, job.ctx
-    best = run.path / "best.pt"
-    dist_utils.barrier(ctx)  # rank 0 has written best.pt
-    if not best.exists() and cfg.val_split and (run.path / "best.safetensors").exists():
-        best = run.path / "best.safetensors"
-    if best.exists():
+    best = run.path / "best.safetensors"
+    dist_utils.barrier(ctx)  # rank 0 has written it
+    use_best = bool(cfg.val_split) and best.exists()
+    if use_best:
         ckpt = read_checkpoint(best)
         model, card = ckpt.card.build_model().to(ctx.device), ckpt.card
         model.load_state_dict(ckpt.state_dict)
     else:
-        model, card = job.model, run.card_for(progress)
+        model, card = job.kept_model, run.card_for(progress)
     if cfg.test_split:
         result = evaluate_split(model, get_dataset(cfg, cfg.test_split, ctx.device), cfg, ctx)
-        iteration = progress.best_iteration if best.exists() else progress.iteration
+        iteration = progress.best_iteration if use_best else progress.iteration
         card.metrics[cfg.test_split] = metrics_entry(result, iteration)
         run.log("eval", iteration=iteration, split=cfg.test_split, miou=result.scores.miou,
                 pixel_acc=result.scores.pixel_acc, iou=result.scores.iou,
-                seconds=result.seconds, weights="best" if best.exists() else "final")
+                seconds=result.seconds, weights="best" if use_best else "final")
         if ctx.is_main:
             print(format_scores(result.scores, cfg.table.names,
                                 f"kept weights (iteration {iteration}) on {cfg.dataset} "
@@ -163,7 +163,7 @@ def finish(job: Job, run: RunDir, progress: Progress) -> None:
             replicas_identical=replicas_identical(job.model, ctx))
     if ctx.is_main:
         best_text = (f"best {cfg.val_split} mIoU {100 * progress.best_miou:.1f} at iteration "
-                     f"{progress.best_iteration}; " if best.exists() else "")
+                     f"{progress.best_iteration}; " if use_best else "")
         print(f"done: {progress.iteration} iterations, {progress.elapsed_s / 60:.1f} min of "
               f"training; {best_text}deployable model {run.path / 'best.safetensors'}")
 

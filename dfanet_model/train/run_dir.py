@@ -122,7 +122,7 @@ class RunDir:
             progress.best_miou, progress.best_iteration = s.miou, progress.iteration
             card = self.card_for(progress)
             self.save("best.pt", progress, card)
-            self.save_model("best.safetensors", self.job.model, card)
+            self.save_model("best.safetensors", self.job.kept_model, card)
 
     def restore(self) -> tuple[Progress, list[dict[str, Any]]]:
         """Load last.pt into the job; return its progress and the per-rank RNG states."""
