@@ -40,6 +40,19 @@ def resumes(records: list[dict[str, Any]]) -> list[int]:
 
 
 def plot(run_dir: Path, out: Path | None = None) -> Path:
+    """Draw the run's loss and evaluation curves into ``out`` (default: its curves.png)."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(run_dir)
+    out = out or run_dir / "curves.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def figure(run_dir: Path) -> Any:
+    """The curves as a matplotlib figure, titled with the run's name (never its path, which
+    names the machine that drew it)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -63,11 +76,8 @@ def plot(run_dir: Path, out: Path | None = None) -> Path:
             ax.axvline(it, color="grey", ls=":", lw=1, label="resumed" if i == 0 else None)
     if resumes(records):
         ax_loss.legend()
-    fig.suptitle(str(run_dir))
-    out = out or run_dir / "curves.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    fig.suptitle(Path(run_dir).resolve().name)
+    return fig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,11 +7,13 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 from PIL import Image
 
 from dfanet_model.checkpoint import read_checkpoint
+from dfanet_model.plot import figure
 from dfanet_model.train.ema import WeightAverage
 from dfanet_tools.cli import main
 
@@ -84,6 +86,10 @@ def test_plot_draws_the_curves(trained_run, capsys):
     with Image.open(png) as im:
         assert im.size == (1100, 400)
         assert len(im.convert("L").getcolors(1 << 16)) > 20  # drawn, not blank
+    # Titled with the run's name: a path would name the machine that drew it.
+    fig = figure(trained_run)
+    assert fig._suptitle.get_text() == trained_run.name
+    plt.close(fig)
 
 
 def _state_equal(a, b, path="state"):
