@@ -371,3 +371,18 @@ def test_an_averaged_run_evaluates_and_ships_the_average(tmp_path, sample_camvid
     key = "conv1.conv.weight"
     assert torch.equal(shipped[key], state["ema"][key])
     assert not torch.equal(shipped[key], state["model"][key])
+
+
+@pytest.mark.slow
+def test_a_new_run_starts_from_init_weights(tmp_path, trained_run, sample_camvid, capsys):
+    start = trained_run / "best.safetensors"
+    assert main(train_args(tmp_path / "run", sample_camvid, iterations=1, lr=0.0,
+                           val_split="null", init_weights=str(start))) == 0
+    key = "conv1.conv.weight"
+    begun = read_checkpoint(tmp_path / "run" / "last.pt").state_dict[key]
+    assert torch.equal(begun, read_checkpoint(start).state_dict[key])
+    # Weights of another variant are refused, naming the file and both models.
+    assert main(train_args(tmp_path / "other", sample_camvid, iterations=1, variant="A",
+                           init_weights=str(start))) != 0
+    err = capsys.readouterr().err
+    assert str(start) in err and "DFANet B with 11 classes cannot start a run of DFANet A" in err

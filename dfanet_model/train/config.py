@@ -32,6 +32,7 @@ class TrainConfig:
     val_split: str | None = "val"
     test_split: str | None = "test"        # scored with the best weights at the end
     variant: str = "A"
+    init_weights: str | None = None        # a checkpoint to start a new run from (not resume)
     crop_size: list[int] = field(default_factory=lambda: [360, 480])
     scale_range: list[float] = field(default_factory=lambda: [0.75, 1.75])
     hflip: bool = True

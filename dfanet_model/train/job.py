@@ -17,7 +17,7 @@ from torch import nn
 
 from .. import distributed as dist_utils
 from ..augment import BatchAugment
-from ..checkpoint import LoadedCheckpoint
+from ..checkpoint import CheckpointError, LoadedCheckpoint, read_checkpoint
 from ..data import SegmentationSplit, load_split, sample_indices
 from ..evaluate import EvalResult, autocast, evaluate, split_batches
 from ..losses import OhemCrossEntropy
@@ -65,6 +65,15 @@ class PolyLR:
 def make_model(cfg: TrainConfig, ctx: dist_utils.Context) -> DFANet:
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_dfanet(cfg.variant, cfg.table.num_classes)
+    if cfg.init_weights:
+        start = read_checkpoint(cfg.init_weights)
+        if (start.card.variant, start.card.num_classes) != (cfg.variant.upper(),
+                                                            cfg.table.num_classes):
+            raise CheckpointError(cfg.init_weights, f"init_weights: DFANet "
+                                  f"{start.card.variant} with {start.card.num_classes} "
+                                  f"classes cannot start a run of DFANet "
+                                  f"{cfg.variant.upper()} with {cfg.table.num_classes}")
+        model.load_state_dict(start.state_dict, strict=True)
     if ctx.distributed and ctx.device.type == "cuda" and cfg.sync_batchnorm:
         # SyncBatchNorm runs on GPUs only; a gloo job on CPUs keeps per-process statistics.
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
