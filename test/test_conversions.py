@@ -180,6 +180,9 @@ def test_the_pixel_limit_is_checked_from_the_header_before_any_decode():
     with pytest.raises(BadImage, match="60000x40000 is 2400000000 pixels") as info:
         _decoded(_jpeg_claiming(60000, 40000), "jpeg", max_pixels=4096 * 4096)
     assert info.value.fault == "too_large"
+    with pytest.raises(BadImage, match="zero-size PNG image 0x5") as info:
+        _decoded(_png_claiming(0, 5), "png")
+    assert info.value.fault == "empty"
     # Within the limit, the same small PNG goes on to the decoder, which finds its data short.
     with pytest.raises(BadImage, match="corrupt png data") as info:
         _decoded(_png_claiming(300, 300), "png")
