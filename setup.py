@@ -18,7 +18,7 @@ setup(
     include_package_data=True,
     install_requires=["numpy", "pyyaml", "pillow", "safetensors", "torch>=2.4"],
     extras_require={
-        "ros": ["rosbags"],
+        "ros": ["rosbags", "mcap", "opencv-python-headless"],
         "export": ["onnx", "onnxruntime", "onnxscript"],
         "test": ["pytest", "hypothesis"],
     },

@@ -1,7 +1,8 @@
 """sensor_msgs Image / CompressedImage <-> numpy, and the node's own messages.
 
 No cv_bridge (PyPI's is ROS 1 code): raw images become numpy views of the message buffer (no
-copy, ``step`` padding honoured), compressed ones are decoded with Pillow.  Every refusal is a
+copy, ``step`` padding honoured), compressed ones are decoded with OpenCV, as image_transport's
+compressed plugin does, once their header has been read here.  Every refusal is a
 ``BadImage`` whose ``fault`` is one short word (counted per fault in the node's diagnostics)
 and whose message says what is wrong.  No torch: the node checks frames without the engine.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import array
 import io
+import struct
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -72,11 +74,53 @@ def image_to_array(msg: Image, max_pixels: int = 1 << 30) -> np.ndarray:
     return data.reshape(height, step)[:, :width * channels].reshape(height, width, channels)
 
 
+def _png_header(data: memoryview) -> tuple[int, int, bool, bool]:
+    """(width, height, grey, alpha) from a PNG's IHDR chunk, which must come first."""
+    if len(data) < 26 or bytes(data[12:16]) != b"IHDR":
+        raise BadImage("decode", "corrupt png data (no IHDR header after the signature)")
+    width, height = struct.unpack_from(">II", data, 16)
+    colour_type = data[25]  # 0 grey, 2 RGB, 3 palette, 4 grey + alpha, 6 RGBA
+    return width, height, colour_type == 0, colour_type == 6
+
+
+# JPEG markers that stand alone (no length field follows): TEM, RST0-7.
+_JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}
+# Start-of-frame markers (baseline, progressive, lossless, arithmetic); C4, C8, CC are not.
+_JPEG_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_header(data: memoryview) -> tuple[int, int, bool]:
+    """(width, height, grey) from a JPEG's frame header, found by walking the marker segments
+    before it (an EXIF thumbnail inside APP1 is skipped with its segment)."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            break
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _JPEG_STANDALONE:
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
+            break
+        if marker in _JPEG_SOF:
+            if pos + 10 > len(data):
+                break
+            height, width = struct.unpack_from(">HH", data, pos + 5)
+            return width, height, data[pos + 9] == 1
+        pos += 2 + (data[pos + 2] << 8 | data[pos + 3])
+    raise BadImage("decode", "corrupt jpeg data (no frame header before the image data)")
+
+
 def compressed_to_array(msg: CompressedImage, max_pixels: int = 1 << 30
                         ) -> tuple[np.ndarray, str]:
-    """Decode a JPEG or PNG CompressedImage; returns (H, W, C) uint8 and its encoding."""
-    from PIL import Image as PILImage
+    """Decode a JPEG or PNG CompressedImage; returns (H, W, C) uint8 RGB order and its encoding.
 
+    The size is read from the header and checked against ``max_pixels`` before any pixel is
+    decoded, so a small file that claims a huge image never allocates it.
+    """
     fmt = msg.format.lower()
     # image_transport writes e.g. "jpeg", "png" or "rgb8; jpeg compressed bgr8".
     if fmt and not any(f in fmt for f in COMPRESSED_FORMATS):
@@ -84,27 +128,55 @@ def compressed_to_array(msg: CompressedImage, max_pixels: int = 1 << 30
                                    f"(supported: {', '.join(COMPRESSED_FORMATS)})")
     if len(msg.data) == 0:
         raise BadImage("empty", "compressed image without data")
-    data = bytes(msg.data[:8])
-    kind = next((name for sig, name in _SIGNATURES.items() if data.startswith(sig)), None)
+    data = memoryview(msg.data).cast("B")
+    head = bytes(data[:8])
+    kind = next((name for sig, name in _SIGNATURES.items() if head.startswith(sig)), None)
     if kind is None:
-        raise BadImage("decode", f"data is neither JPEG nor PNG (starts with {data[:4].hex()})")
-    try:
-        with PILImage.open(io.BytesIO(msg.data), formats=[kind]) as im:
-            width, height = im.size
-            if width * height > max_pixels:
-                raise BadImage("too_large", f"{width}x{height} is {width * height} pixels, "
-                                            f"above max_image_pixels {max_pixels}")
-            if im.mode not in ("L", "RGB", "RGBA"):
-                im = im.convert("RGB")
-            pixels = np.asarray(im)
-    except BadImage:
-        raise
-    except Exception as e:  # Pillow raises many types for damaged data
-        raise BadImage("decode", f"corrupt {msg.format or 'compressed'} data "
-                                 f"({type(e).__name__}: {e})") from None
+        raise BadImage("decode", f"data is neither JPEG nor PNG (starts with {head[:4].hex()})")
+    if kind == "PNG":
+        width, height, grey, alpha = _png_header(data)
+    else:
+        (width, height, grey), alpha = _jpeg_header(data), False
+    if width == 0 or height == 0:
+        raise BadImage("empty", f"zero-size {kind} image {width}x{height}")
+    if width * height > max_pixels:
+        raise BadImage("too_large", f"{width}x{height} is {width * height} pixels, "
+                                    f"above max_image_pixels {max_pixels}")
+    pixels = _decode(np.frombuffer(data, np.uint8), grey, alpha)
+    if isinstance(pixels, str) or pixels.shape[:2] != (height, width):
+        why = pixels if isinstance(pixels, str) else "OpenCV decoded another size"
+        raise BadImage("decode", f"corrupt {msg.format or kind.lower()} data ({why})")
     if pixels.ndim == 2:
         return pixels[:, :, None], "mono8"
-    return pixels, "rgba8" if pixels.shape[2] == 4 else "rgb8"
+    return pixels, "rgba8" if alpha else "rgb8"
+
+
+def _decode(buf: np.ndarray, grey: bool, alpha: bool, direct_rgb: bool | None = None
+            ) -> np.ndarray | str:
+    """OpenCV's decode of a checked JPEG/PNG in RGB(A) order, or why it failed.
+
+    Grey stays one channel and RGBA keeps its alpha (mono8, rgba8); palette and grey + alpha
+    PNGs become RGB, as they did with Pillow.  EXIF orientation is ignored: a camera frame's
+    pixels keep the layout its header states.  OpenCV decodes to BGR unless it has
+    IMREAD_COLOR_RGB (4.11 on; ``direct_rgb`` None means "if it has"): older ones convert.
+    """
+    import cv2
+
+    if direct_rgb is None:
+        direct_rgb = hasattr(cv2, "IMREAD_COLOR_RGB")
+    colour = cv2.IMREAD_COLOR_RGB if direct_rgb else cv2.IMREAD_COLOR
+    flags = cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_UNCHANGED if alpha else colour
+    try:
+        pixels = cv2.imdecode(buf, flags | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error as e:
+        return str(e).strip().splitlines()[-1]
+    if pixels is None:
+        return "OpenCV could not decode it"
+    if alpha:
+        if pixels.dtype != np.uint8:  # 16 bits a channel: keep the high byte
+            pixels = (pixels >> 8).astype(np.uint8)
+        return cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGBA)
+    return pixels if grey or direct_rgb else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
 
 
 def array_to_image(pixels: np.ndarray, encoding: str, header: Header) -> Image:

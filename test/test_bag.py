@@ -181,6 +181,134 @@ def test_a_corrupted_mcap_bag_is_reported_as_corrupted(tmp_path, sample_camvid):
         BagReader(made.path)
 
 
+def _camera_bag(path: Path, frames: int = 5) -> list[np.ndarray]:
+    """A bag of 360x480 rgb8 frames (518 KB each); a chunk closes past 1 MiB: two chunks."""
+    rgbs = [np.random.default_rng(i).integers(0, 256, (360, 480, 3), dtype=np.uint8)
+            for i in range(frames)]
+    with BagWriter(path) as writer:
+        for i, rgb in enumerate(rgbs):
+            writer.write("/cam", image_message(rgb, "rgb8", T0 + i, "cam"), T0 + i)
+    return rgbs
+
+
+def _layout(storage: Path) -> tuple[list, int]:
+    """The chunk indexes and the summary's start, read with the mcap library."""
+    from mcap.reader import make_reader
+
+    with open(storage, "rb") as f:
+        summary = make_reader(f).get_summary()
+    with open(storage, "rb") as f:
+        f.seek(-8 - 20, 2)
+        summary_start = int.from_bytes(f.read(8), "little")
+    return sorted(summary.chunk_indexes, key=lambda c: c.chunk_start_offset), summary_start
+
+
+def _flip(storage: Path, at: int) -> None:
+    data = bytearray(storage.read_bytes())
+    data[at] ^= 0x01
+    storage.write_bytes(bytes(data))
+
+
+def test_our_mcap_bags_carry_every_crc_and_both_readers_decode_them(tmp_path):
+    """The mcap library writes the chunk, data-section and summary CRCs; the library's own
+    validating reader and rosbags (the independent reader) both decode the bag."""
+    from mcap.reader import NonSeekingReader, make_reader
+
+    rgbs = _camera_bag(tmp_path / "bag")
+    storage = tmp_path / "bag" / "bag.mcap"
+    chunks, _ = _layout(storage)
+    assert len(chunks) >= 2
+    with BagReader(tmp_path / "bag") as reader:
+        assert reader.crcs_checked == len(chunks) + 2  # every chunk, data section, summary
+        got = [image_to_array(m) for _, m in reader.messages("/cam")]
+    assert all(np.array_equal(a, b) for a, b in zip(got, rgbs, strict=True))
+    with open(storage, "rb") as f:
+        channels = [c for _, c, _ in NonSeekingReader(f, validate_crcs=True).iter_messages()]
+    with open(storage, "rb") as f:
+        assert make_reader(f).get_header().profile == "ros2"
+    assert {c.topic for c in channels} == {"/cam"}
+    assert "offered_qos_profiles" in channels[0].metadata
+
+
+def test_damage_is_reported_with_where_it_is(tmp_path):
+    """A byte flipped in a chunk, in the index between chunks or in the summary, and a cut-off
+    file: each named with its place.  The summary CRC is the check the mcap library lacks: its
+    validating reader reads that file without complaint."""
+    from mcap.reader import NonSeekingReader
+
+    _camera_bag(tmp_path / "bag")
+    storage = tmp_path / "bag" / "bag.mcap"
+    clean = storage.read_bytes()
+    chunks, summary_start = _layout(storage)
+    second = chunks[1]
+    cases = [
+        (second.chunk_start_offset + second.chunk_length // 2,
+         rf"the chunk at byte {second.chunk_start_offset} fails its CRC \(stored 0x[0-9a-f]{{8}}"),
+        (next(iter(chunks[0].message_index_offsets.values())) + 9 + 6,
+         r"the data section \(bytes 0-\d+\) fails its CRC"),
+        (summary_start + 9 + 2 + 4,  # the first letter of the first schema's name
+         rf"the summary section \(byte {summary_start}\) fails its CRC"),
+    ]
+    for at, message in cases:
+        storage.write_bytes(clean)
+        _flip(storage, at)
+        with pytest.raises(BagError, match=r"^bag .*bag: corrupted: bag\.mcap: " + message):
+            BagReader(tmp_path / "bag")
+    with open(storage, "rb") as f:  # still the summary flip
+        assert len(list(NonSeekingReader(f, validate_crcs=True).iter_messages())) == 5
+    storage.write_bytes(clean[:-3000])
+    with pytest.raises(BagError, match=r"corrupted: bag\.mcap: no magic at the end "
+                                       r"\(truncated or overwritten\)"):
+        BagReader(tmp_path / "bag")
+
+
+def _as_ros2_bag_record_writes_it(storage: Path) -> None:
+    """Rewrite an mcap file the way ``ros2 bag record`` does with the mcap C++ writer's
+    defaults: zstd chunks, chunk and summary CRCs, no data-section CRC."""
+    from mcap.reader import make_reader
+    from mcap.writer import CompressionType, Writer
+
+    with open(storage, "rb") as f:
+        reader = make_reader(f)
+        metadata = list(reader.iter_metadata())
+        messages = [(s, c, m) for s, c, m in reader.iter_messages()]
+    with open(storage, "wb") as f:
+        writer = Writer(f, compression=CompressionType.ZSTD, enable_crcs=True,
+                        enable_data_crcs=False)
+        writer.start(profile="ros2", library="rosbag2")
+        schemas, channels = {}, {}
+        for schema, channel, message in messages:
+            if schema.name not in schemas:
+                schemas[schema.name] = writer.register_schema(schema.name, schema.encoding,
+                                                              schema.data)
+            if channel.topic not in channels:
+                channels[channel.topic] = writer.register_channel(
+                    channel.topic, channel.message_encoding, schemas[schema.name],
+                    channel.metadata)
+            writer.add_message(channels[channel.topic], message.log_time, message.data,
+                               message.publish_time)
+        for record in metadata:
+            writer.add_metadata(record.name, record.metadata)
+        writer.finish()
+
+
+def test_a_bag_as_ros2_bag_record_writes_it_reads_and_is_checked(tmp_path):
+    rgbs = _camera_bag(tmp_path / "bag")
+    storage = tmp_path / "bag" / "bag.mcap"
+    _as_ros2_bag_record_writes_it(storage)
+    chunks, _ = _layout(storage)
+    assert {c.compression for c in chunks} == {"zstd"}
+    with BagReader(tmp_path / "bag") as reader:
+        assert reader.crcs_checked == len(chunks) + 1  # chunks and summary; no data CRC
+        got = [image_to_array(m) for _, m in reader.messages("/cam")]
+    assert all(np.array_equal(a, b) for a, b in zip(got, rgbs, strict=True))
+    first = chunks[0]
+    _flip(storage, first.chunk_start_offset + first.chunk_length - 100)
+    with pytest.raises(BagError, match=rf"corrupted: bag\.mcap: the chunk at byte "
+                                       rf"{first.chunk_start_offset} "):
+        BagReader(tmp_path / "bag")
+
+
 def test_writer_refuses_an_existing_path_and_leaves_no_half_bag(tmp_path):
     (tmp_path / "taken").mkdir()
     with pytest.raises(BagError, match="exists already"):

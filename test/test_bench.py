@@ -169,3 +169,17 @@ def test_bench_soak_accounts_for_every_frame_and_samples_memory(tmp_path: Path,
             assert 0 < w["latency_p50_ms"] <= w["latency_p99_ms"] <= w["latency_max_ms"]
     assert len(soak["frames"]) == a["sent"]
     assert sum(f["latency_ms"] is not None for f in soak["frames"]) == a["answered"]
+
+
+@pytest.mark.ros
+def test_bench_decode_times_both_decoders_on_the_same_frames(tmp_path: Path) -> None:
+    out = tmp_path / "decode.json"
+    result = dfanet("bench", "decode", "--sizes", "24x32", "--rounds", "3", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "| 24x32 | jpeg |" in result.stdout and "| 24x32 | png |" in result.stdout
+    records = json.loads(out.read_text())["results"]
+    assert [r["format"] for r in records] == ["jpeg", "png"]
+    for r in records:
+        assert len(r["pillow_ms"]) == len(r["opencv_ms"]) == 3
+        assert r["speedup"] == pytest.approx(r["pillow_median_ms"] / r["opencv_median_ms"])
+    assert records[1]["max_abs_diff"] == 0  # PNG is lossless: both decoders agree exactly

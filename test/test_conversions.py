@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import io
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -118,39 +120,146 @@ def test_compressed_faults(fmt, data, fault, text):
     assert info.value.fault == fault and text in str(info.value)
 
 
-def test_no_parser_but_jpeg_and_png_sees_network_data():
-    """Pillow would try every format it knows (TIFF, PSD, ICO, ...) on unrecognised bytes;
-    only the JPEG and PNG decoders may see a camera's data.  A fresh interpreter shows which
-    of Pillow's format plugins ran."""
-    import subprocess
-    import sys
+def _encoded(pixels: np.ndarray, fmt: str, **save) -> bytes:
+    """``pixels`` encoded by Pillow (mode from the array: L, LA, RGB, RGBA), or ``P``."""
+    buf = io.BytesIO()
+    image = PILImage.fromarray(pixels)
+    if save.pop("palette", False):
+        image = image.convert("P", palette=PILImage.Palette.ADAPTIVE, colors=4)
+    image.save(buf, format=fmt, **save)
+    return buf.getvalue()
 
-    script = """
-import io, sys
-import numpy as np
-from PIL import Image as PILImage
-from sensor_msgs.msg import CompressedImage
-from dfanet_ros.conversions import BadImage, compressed_to_array
-# Headers of TIFF, Photoshop and ICO data (written by hand: saving with Pillow would load
-# every plugin).
-for head in (b"II*\\x00\\x08", b"8BPS", b"\\x00\\x00\\x01\\x00"):
-    data = head + bytes(60)
-    try:
-        compressed_to_array(CompressedImage(format="png", data=data))
-    except BadImage as e:
-        assert e.fault == "decode", e
-png = io.BytesIO()
-PILImage.new("RGB", (4, 4)).save(png, format="PNG")
-pixels, _ = compressed_to_array(CompressedImage(format="png", data=png.getvalue()))
-assert pixels.shape == (4, 4, 3)
-print(sorted(m for m in sys.modules if m.startswith("PIL.") and m.endswith("ImagePlugin")))
-"""
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=60, check=True).stdout
-    plugins = set(eval(out))  # noqa: S307 - our own printed list
-    # Pillow's pre-initialisation imports these five; none of the other ~40 may load.
-    assert plugins <= {"PIL.JpegImagePlugin", "PIL.PngImagePlugin", "PIL.BmpImagePlugin",
-                       "PIL.GifImagePlugin", "PIL.PpmImagePlugin"}, plugins
+
+def _decoded(data: bytes, fmt: str, max_pixels: int = 1 << 30) -> tuple[np.ndarray, str]:
+    return compressed_to_array(CompressedImage(format=fmt, data=data), max_pixels)
+
+
+@pytest.mark.parametrize("ext", [".bmp", ".tiff", ".webp", ".ppm"])
+def test_only_jpeg_and_png_reach_the_decoder(ext):
+    """OpenCV decodes a dozen formats; a camera's data reaches it only when its first bytes
+    are JPEG's or PNG's, whatever the message's format string says."""
+    import cv2
+
+    ok, data = cv2.imencode(ext, np.zeros((8, 8, 3), np.uint8))
+    assert ok and cv2.imdecode(data, cv2.IMREAD_COLOR) is not None  # OpenCV would decode it
+    for fmt in ("jpeg", "png"):
+        with pytest.raises(BadImage, match="data is neither JPEG nor PNG") as info:
+            _decoded(data.tobytes(), fmt)
+        assert info.value.fault == "decode"
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose IHDR claims ``width`` x ``height`` grey pixels, followed by the compressed
+    zeros of its first 100 rows only: a bomb's header without a bomb's cost to build."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = zlib.compress(bytes((width + 1) * 100), 9)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows)
+
+
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    """A real JPEG with the size in its frame header rewritten."""
+    data = bytearray(_encoded(np.zeros((8, 8, 3), np.uint8), "JPEG"))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def test_the_pixel_limit_is_checked_from_the_header_before_any_decode():
+    """A 30000x30000 PNG bomb (900 MB of pixels in ~1 MB) is refused from its header: the file
+    here holds only 100 rows, so a refusal after decoding would read "decode" or allocate
+    900 MB, never "too_large"."""
+    bomb = _png_claiming(30000, 30000)
+    assert len(bomb) < 10_000
+    with pytest.raises(BadImage, match=r"30000x30000 is 900000000 pixels, above "
+                                       r"max_image_pixels 16777216") as info:
+        _decoded(bomb, "png", max_pixels=4096 * 4096)
+    assert info.value.fault == "too_large"
+    with pytest.raises(BadImage, match="60000x40000 is 2400000000 pixels") as info:
+        _decoded(_jpeg_claiming(60000, 40000), "jpeg", max_pixels=4096 * 4096)
+    assert info.value.fault == "too_large"
+    with pytest.raises(BadImage, match="zero-size PNG image 0x5") as info:
+        _decoded(_png_claiming(0, 5), "png")
+    assert info.value.fault == "empty"
+    # Within the limit, the same small PNG goes on to the decoder, which finds its data short.
+    with pytest.raises(BadImage, match="corrupt png data") as info:
+        _decoded(_png_claiming(300, 300), "png")
+    assert info.value.fault == "decode"
+
+
+def _asymmetric() -> np.ndarray:
+    """Red top-left, green top-right, blue bottom-left, white bottom-right: any channel or
+    axis swap shows."""
+    frame = np.zeros((16, 24, 3), np.uint8)
+    frame[:8, :12] = (255, 0, 0)
+    frame[:8, 12:] = (0, 255, 0)
+    frame[8:, :12] = (0, 0, 255)
+    frame[8:, 12:] = 255
+    return frame
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_frames_come_out_in_rgb_order(fmt):
+    frame = _asymmetric()
+    pixels, encoding = _decoded(_encoded(frame, fmt, quality=95), fmt.lower())
+    assert encoding == "rgb8" and pixels.shape == (16, 24, 3)
+    # Corners away from the edges JPEG blurs: exact for PNG, within JPEG's error otherwise.
+    assert np.abs(pixels[2:6, 2:10].astype(int) - frame[2:6, 2:10]).max() <= 8
+    assert np.abs(pixels[10:14, 14:22].astype(int) - frame[10:14, 14:22]).max() <= 8
+    assert np.abs(pixels[2:6, 14:22].astype(int) - frame[2:6, 14:22]).max() <= 8
+    assert np.abs(pixels[10:14, 2:10].astype(int) - frame[10:14, 2:10]).max() <= 8
+
+
+def test_opencv_without_direct_rgb_decodes_the_same():
+    """OpenCV before 4.11 (a distribution's python3-opencv) decodes to BGR and converts."""
+    from dfanet_ros.conversions import _decode
+
+    for data in (_encoded(_asymmetric(), "PNG"), _encoded(_asymmetric(), "JPEG")):
+        buf = np.frombuffer(data, np.uint8)
+        np.testing.assert_array_equal(_decode(buf, False, False, direct_rgb=False),
+                                      _decode(buf, False, False, direct_rgb=True))
+
+
+def _pillow_reference(data: bytes) -> np.ndarray:
+    """What the node decoded with Pillow before OpenCV: L, RGB and RGBA kept, the rest RGB."""
+    with PILImage.open(io.BytesIO(data)) as im:
+        im = im if im.mode in ("L", "RGB", "RGBA") else im.convert("RGB")
+        pixels = np.asarray(im)
+    return pixels[:, :, None] if pixels.ndim == 2 else pixels
+
+
+@pytest.mark.parametrize("mode, fmt, encoding", [
+    ("L", "PNG", "mono8"), ("RGBA", "PNG", "rgba8"), ("LA", "PNG", "rgb8"),
+    ("P", "PNG", "rgb8"), ("L", "JPEG", "mono8")])
+def test_grey_alpha_and_palette_frames_decode_as_before(mode, fmt, encoding):
+    rgba = np.dstack([_asymmetric(), np.arange(16 * 24, dtype=np.uint8).reshape(16, 24)])
+    pixels = {"L": rgba[..., 0], "LA": rgba[..., [1, 3]], "RGBA": rgba, "P": rgba[..., :3]}[mode]
+    data = _encoded(pixels, fmt, palette=mode == "P")
+    decoded, got = _decoded(data, fmt.lower())
+    assert got == encoding
+    np.testing.assert_array_equal(decoded, _pillow_reference(data))
+
+
+def test_exif_orientation_leaves_the_pixels_as_stored():
+    """A camera frame keeps its stored layout: OpenCV would turn a JPEG whose EXIF says
+    "rotate 90" on its side unless told not to."""
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 clockwise to display
+    data = _encoded(_asymmetric(), "JPEG", quality=95, exif=exif.tobytes())
+    pixels, _ = _decoded(data, "jpeg")
+    assert pixels.shape == (16, 24, 3)
+    assert np.abs(pixels[2:6, 2:10].astype(int) - (255, 0, 0)).max() <= 8
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_cut_frames_are_decode_faults(fmt):
+    data = _encoded(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8), fmt, quality=90)
+    for cut in (len(data) // 2, len(data) - 2):
+        with pytest.raises(BadImage, match=f"corrupt {fmt.lower()} data") as info:
+            _decoded(data[:cut], fmt.lower())
+        assert info.value.fault == "decode"
 
 
 def test_readme_lists_every_fault():

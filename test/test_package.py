@@ -19,14 +19,15 @@ MODULE_KEYS = {
     "numpy": "python3-numpy", "yaml": "python3-yaml", "torch": "python3-torch",
     "PIL": "python3-pil", "tqdm": "python3-tqdm", "matplotlib": "python3-matplotlib",
     "safetensors": "python3-safetensors-pip", "onnxruntime": "python3-onnxruntime-pip",
-    "onnx": "python3-onnx-pip", "rosbags": "python3-rosbags-pip",
+    "onnx": "python3-onnx-pip", "rosbags": "python3-rosbags-pip", "cv2": "python3-opencv",
+    "mcap": "python3-mcap-pip",
 }
 # Python keys present in ros/rosdistro rosdep/python.yaml (checked 2026-08, commit 8468e88):
 # the distribution's own, and pip keys where no distribution package exists.
 ROSDISTRO_PYTHON_KEYS = {
     "python3-numpy", "python3-yaml", "python3-torch", "python3-pil", "python3-tqdm",
     "python3-matplotlib", "python3-onnxruntime-pip", "python3-rosbags-pip", "python3-pytest",
-    "python3-hypothesis",
+    "python3-hypothesis", "python3-opencv",
 }
 OWN = {"dfanet_model", "dfanet_ros", "dfanet_tools", "dfanet", "helpers_ros"}
 

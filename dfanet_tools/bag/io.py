@@ -18,8 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from . import mcap_crc
-
 STORAGES = ("mcap", "sqlite3")
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
@@ -103,7 +101,9 @@ class BagWriter:
     """Writes a rosbag2 directory; use as a context manager (the bag is complete on exit)."""
 
     def __init__(self, path: str | os.PathLike, storage: str = "mcap") -> None:
-        from rosbags.rosbag2 import StoragePlugin, Writer
+        from rosbags.rosbag2 import StoragePlugin
+
+        from .mcap_storage import Writer  # rosbags' writer, mcap written with every CRC
 
         if storage not in STORAGES:
             raise ValueError(f"unknown storage {storage!r} (valid: {', '.join(STORAGES)})")
@@ -121,9 +121,6 @@ class BagWriter:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
             self._writer.close()
-            # rosbags leaves the mcap CRCs 0; with them a reader can tell a damaged bag.
-            for storage_file in sorted(self.path.glob("*.mcap")):
-                mcap_crc.add_crcs(storage_file)
         else:  # never leave a half-written bag behind
             self._writer.abort()
             shutil.rmtree(self.path, ignore_errors=True)
@@ -163,6 +160,8 @@ class BagReader:
     def __init__(self, path: str | os.PathLike) -> None:
         from rosbags.rosbag2 import Reader
 
+        from .mcap_storage import McapCorrupt, verify
+
         self.path = Path(path)
         if not self.path.exists():
             raise BagError(self.path, "not found")
@@ -172,8 +171,8 @@ class BagReader:
         self.crcs_checked = 0  # 0 for a bag without CRCs: damage inside messages goes unseen
         for storage_file in (f for f in files if f.suffix == ".mcap"):
             try:
-                self.crcs_checked += mcap_crc.verify(storage_file)
-            except mcap_crc.McapCorrupt as e:
+                self.crcs_checked += verify(storage_file)
+            except McapCorrupt as e:
                 where = "" if storage_file == self.path else f"{storage_file.name}: "
                 raise BagError(self.path, f"corrupted: {where}{e}") from None
         try:

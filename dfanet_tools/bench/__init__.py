@@ -9,10 +9,12 @@ benchmarks themselves take typed arguments (``NodeBenchConfig``, ``SoakConfig``,
 * ``node``    the ROS 2 node over DDS, fed by a camera process (``camera.py``) and listened
               to by a collector (``collector.py``)
 * ``soak``    that node fed for minutes at twice its sustainable rate (``soak_report.py``)
+* ``decode``  the node's JPEG/PNG decode (OpenCV) against the Pillow decode it replaced
 
 ``machine.py`` records what the figures were measured on and writes the JSON files;
-``options.py`` holds the command-line values they share.  ``engine``, ``node`` and ``soak``
-import ``dfanet_ros`` and ROS only when they run, so ``dfanet bench model`` runs without ROS.
+``options.py`` holds the command-line values they share.  ``engine``, ``node``, ``soak`` and
+``decode`` import ``dfanet_ros`` and ROS only when they run, so ``dfanet bench model`` runs
+without ROS.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ TARGETS: dict[str, str] = {
     "engine": "dfanet_ros.engine: uint8 frame to label/colour/overlay",
     "node": "the ROS 2 node over DDS, fed by a camera process",
     "soak": "the node fed for minutes at twice its sustainable rate",
+    "decode": "the node's JPEG/PNG decode, OpenCV against Pillow",
 }
 
 
