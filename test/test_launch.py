@@ -125,6 +125,20 @@ def test_plan_with_defaults(launch, defaults):
     assert launch.PACKAGE == "dfanet_ros"
 
 
+def test_arguments_that_set_parameters_agree_with_the_table(launch, defaults):
+    """A launch argument that sets a node parameter defaults to the table's value (or to ""
+    for the params file's), and reaches the node with the parameter's declared type."""
+    table = {p.name: p for p in PARAMETERS}
+    assert defaults["camera_topics"] == ",".join(table["camera_topics"].default)
+    descriptions = {name: description for name, _, description in launch.ARGUMENTS}
+    for name in ("checkpoint", "device"):
+        assert defaults[name] == "" and "params file" in descriptions[name], name
+    overrides = plan(launch, defaults, checkpoint="m.safetensors", device="cpu").parameters[1]
+    for name, value in overrides.items():
+        if name in table:
+            assert type(value) is type(table[name].default), name
+
+
 def test_rviz_and_large_images_are_separate_switches(launch, defaults):
     p = plan(launch, defaults, rviz="true", large_images="false")
     assert p.rviz_config == str(RVIZ) and RVIZ.is_file() and p.environment == {}
