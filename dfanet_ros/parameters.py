@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-DEFAULT_CAMERA_TOPIC = "camera/image_raw"
+from .topics import DEFAULT_CAMERA_TOPIC
+
 CONFIDENCE_WINDOW = 30  # frames in a camera's running mean confidence
 RELIABILITIES = ("best_effort", "reliable")
 

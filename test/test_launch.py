@@ -27,7 +27,8 @@ from helpers_ros import (
     wait_for,
 )
 
-from dfanet_ros.segmentation_node import NODE_NAME, PARAMETERS, output_topic
+from dfanet_ros.parameters import PARAMETERS
+from dfanet_ros.topics import NODE_NAME
 
 LAUNCH = REPO / "launch" / "segment.launch.py"
 PARAMS = REPO / "config" / "segment.yaml"
@@ -76,7 +77,8 @@ def test_imports_are_real_names_and_launch_stays_optional():
     top_level = {n.module if isinstance(n, ast.ImportFrom) else a.name
                  for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)
                  for a in n.names}
-    assert top_level <= {"__future__", "os", "typing"}, top_level
+    # dfanet_ros.topics: the node's names, without rclpy or torch (test_package.py checks)
+    assert top_level <= {"__future__", "os", "typing", "dfanet_ros.topics"}, top_level
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             assert all(a.name.split(".")[0] not in ("launch", "launch_ros")
@@ -251,9 +253,10 @@ def test_rviz_shows_the_camera_and_every_image_output(defaults):
     displays = rviz["Visualization Manager"]["Displays"]
     topics = {d["Topic"]["Value"] for d in displays
               if d["Class"] == "rviz_default_plugins/Image"}
-    camera = "/" + defaults["camera_topics"]  # the relative default, resolved without namespace
-    assert topics == {camera, output_topic(camera, "overlay"), output_topic(camera, "color"),
-                      output_topic(camera, "confidence")}
+    # the relative default camera, resolved without a namespace, and its outputs
+    assert defaults["camera_topics"] == "camera/image_raw"
+    assert topics == {"/camera/image_raw", "/camera/segmentation/overlay",
+                      "/camera/segmentation/color", "/camera/segmentation/confidence"}
 
 
 def test_install_rules_cover_what_the_launch_names():
