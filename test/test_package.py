@@ -188,3 +188,19 @@ def test_one_version_everywhere():
     setup = re.search(r'version="([^"]+)"', (REPO / "setup.py").read_text())
     assert setup and setup.group(1) == __version__
     assert root.findtext("version") == __version__ == dfanet_ros.__version__
+
+
+def test_every_script_the_documents_name_exists():
+    """README, BENCHMARKS, the model card, CI and the scripts name scripts by path: each
+    exists (scripts/ holds what users run, scripts/bench/ the measurements)."""
+    import re
+
+    documents = [REPO / "README.md", REPO / "BENCHMARKS.md", REPO / ".ci" / "run",
+                 REPO / "dfanet_model" / "data" / "dfanet_camvid.md",
+                 *REPO.glob("scripts/**/*.sh"), *REPO.glob("scripts/**/*.py"),
+                 *REPO.glob("config/*.yaml")]
+    named = {(doc.name, m) for doc in documents
+             for m in re.findall(r"\bscripts/[\w/.-]*\w", doc.read_text())}
+    assert len(named) > 10
+    missing = sorted(f"{doc}: {path}" for doc, path in named if not (REPO / path).exists())
+    assert not missing

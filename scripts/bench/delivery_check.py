@@ -12,7 +12,7 @@ Prints one JSON line: frames sent and answered on the first ``--watch`` output, 
 within 200 ms and after more than 1 s, latency from the camera's stamp, and the answered
 rate.  Run it confined:
 
-    scripts/confined.sh .venv/bin/python scripts/delivery_check.py --rate 5 --frames 60 \
+    scripts/confined.sh .venv/bin/python scripts/bench/delivery_check.py --rate 5 --frames 60 \
         --watch overlay,color,label [--node-profile config/fastdds_large_images.xml]
 """
 from __future__ import annotations
@@ -83,9 +83,13 @@ def main() -> None:
                and time.time() < deadline):
             time.sleep(0.1)
         height, width = (int(n) for n in a.size.split("x"))
+        error = None
         with tempfile.TemporaryDirectory(prefix="delivery-check-") as tmp:
-            sent, _ = run_camera(Path(tmp), 1, (height, width), a.rate, 8.0,
-                                 a.frames / a.rate, watch[0], depth=10, env=camera_env)
+            try:
+                sent, _ = run_camera(Path(tmp), 1, (height, width), a.rate, 8.0,
+                                     a.frames / a.rate, watch[0], depth=10, env=camera_env)
+            except RuntimeError as e:  # e.g. no frame of the camera's ever answered
+                sent, error = {0: []}, str(e).splitlines()[-1]
         time.sleep(5.0)  # answers still on their way
     finally:
         stop.set()
@@ -101,7 +105,7 @@ def main() -> None:
         "within_200ms": int((latency < 200).sum()), "after_1s": int((latency > 1000).sum()),
         "latency_p50_ms": round(float(np.median(latency)), 1) if latency.size else None,
         "latency_max_ms": round(float(latency.max()), 1) if latency.size else None,
-        "answered_rate_hz": round(rate, 2)}))
+        "answered_rate_hz": round(rate, 2), **({"error": error} if error else {})}))
 
 
 if __name__ == "__main__":
