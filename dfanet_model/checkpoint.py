@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
 from .network import VARIANTS, DFANet, build_dfanet
+from .version import __version__
 
 FORMAT_VERSION = 1
 METADATA_KEY = "dfanet"  # the model card (JSON) in safetensors headers and exported graphs

@@ -35,7 +35,7 @@ BACKENDS = ("auto", "eager", "compile", "onnxruntime")
 # CPU: measured side by side (BENCHMARKS.md): ONNX Runtime 2.2-2.8x eager on one thread,
 # 4.2-4.8x on two, torch.compile 1.45x, the folded eager module 1.2-1.3x.  CUDA: not measured
 # yet; the eager backend in fp16 under a CUDA graph (the engine's default) is the safe choice
-# until scripts/gpu_bench.sh has compared it with torch.compile.
+# until scripts/bench/gpu_bench.sh has compared it with torch.compile.
 AUTO_BACKEND = {"cpu": "onnxruntime", "cuda": "eager"}
 
 _T = TypeVar("_T")

@@ -48,6 +48,7 @@ from dfanet_model.device import DeviceError, resolve_device
 from dfanet_model.fast import CudaGraph, Normalise, capture_cuda_graph, prepare_for_inference
 
 from .encodings import ENCODING_CHANNELS, RGB_ORDER, YUV422_LAYOUT
+from .overlay import blend_overlay_
 
 log = logging.getLogger("dfanet.engine")
 
@@ -405,8 +406,7 @@ class SegmentationEngine:
         if "overlay" in outputs:
             # color + (1 - alpha) * (rgb - color), in place in the RGB buffer (done with it):
             # no third full-size float buffer.
-            blend = plan.rgb.sub_(plan.dev_color).mul_(plan.keep).add_(plan.dev_color)
-            plan.dev_overlay.copy_(blend.round_())
+            plan.dev_overlay.copy_(blend_overlay_(plan.rgb, plan.dev_color, plan.keep))
         if upload:
             plan.host_counts.copy_(plan.dev_counts, non_blocking=True)
             for name in outputs:

@@ -81,20 +81,11 @@ from .parameters import (
     PARAMETERS,
     NodeParameters,
 )
+from .topics import CLASS_MAP_TOPIC, NODE_NAME, output_topic
 
-NODE_NAME = "dfanet_segmentation"
-CLASS_MAP_TOPIC = "segmentation/class_map"
 IMAGE_OUTPUTS = ("label", "color", "overlay", "confidence")
 OUTPUT_ENCODINGS = {"label": "mono8", "color": "rgb8", "overlay": "rgb8", "confidence": "mono8"}
 WARN_PERIOD_S = 5.0
-
-
-def output_topic(camera_topic: str, output: str) -> str:
-    """``<camera namespace>/segmentation/<output>`` for a camera topic (``/compressed`` off)."""
-    base = camera_topic[:-len("/compressed")] if camera_topic.endswith("/compressed") \
-        else camera_topic
-    namespace, sep, _ = base.rpartition("/")
-    return f"{namespace}{sep}segmentation/{output}"
 
 
 def _qos(reliability: str, depth: int) -> QoSProfile:

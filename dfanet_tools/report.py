@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from dfanet_model.metrics import json_safe
+from dfanet_ros.overlay import blend_overlay_
 
 REPORT_JSON = "report.json"
 SUMMARY_MD = "summary.md"
@@ -31,12 +33,15 @@ OVERLAY_DIR = "overlays"
 
 def overlay_image(image: np.ndarray, label: np.ndarray, colors: Sequence[Sequence[int]],
                   alpha: float = 0.5) -> np.ndarray:
-    """RGB image blended with the colour of each pixel's class (ids beyond the table: black)."""
-    palette = np.zeros((256, 3), dtype=np.float32)
-    palette[:len(colors)] = np.asarray(colors, dtype=np.float32)
+    """RGB image blended with the colour of each pixel's class (ids beyond the table: black),
+    by the engine's blend, so a report's overlay equals the node's to the bit."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[:len(colors)] = np.asarray(colors, dtype=np.uint8)
     rgb = image[..., :3] if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
-    blend = (1.0 - alpha) * rgb.astype(np.float32) + alpha * palette[label]
-    return np.clip(blend + 0.5, 0, 255).astype(np.uint8)
+    blend = blend_overlay_(torch.from_numpy(rgb.astype(np.float32)),
+                           torch.from_numpy(palette[label]),
+                           torch.tensor(1.0 - alpha, dtype=torch.float32))
+    return blend.to(torch.uint8).numpy()
 
 
 def format_number(value: float | None, digits: int = 1, scale: float = 1.0) -> str:

@@ -26,14 +26,16 @@ from __future__ import annotations
 import os
 from typing import Any, NamedTuple
 
+# The node's own names (a module without rclpy or torch), so the launch cannot drift from it.
+from dfanet_ros.topics import DEFAULT_CAMERA_TOPIC, NODE_NAME
+
 PACKAGE = "dfanet_ros"
 EXECUTABLE = "segmentation_node"
-NODE_NAME = "dfanet_segmentation"
 PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
 
 # name, default, description
 ARGUMENTS: tuple[tuple[str, str, str], ...] = (
-    ("camera_topics", "camera/image_raw", "camera image topic(s), comma-separated; relative "
+    ("camera_topics", DEFAULT_CAMERA_TOPIC, "camera image topic(s), comma-separated; relative "
      "ones resolve in the namespace"),
     ("namespace", "", "namespace of the node (and of relative camera topics)"),
     ("checkpoint", "", "DFANet checkpoint; empty: the params file's"),

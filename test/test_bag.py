@@ -18,11 +18,11 @@ from dfanet_tools.bag.io import (
     BagReader,
     BagWriter,
     compressed_message,
-    header_stamp_ns,
     image_message,
     typestore,
 )
 from dfanet_tools.bag.make import find_frames, make_bag
+from dfanet_tools.stamps import header_stamp_ns
 
 STORAGE_SUFFIX = {"mcap": ".mcap", "sqlite3": ".db3"}
 T0 = 1_700_000_000_123_456_789

@@ -20,8 +20,8 @@ def test_bench_model_prints_a_table_and_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = dfanet("bench", "model", "--variants", "B", "--sizes", "33x47", "--batch", "1", "2",
                     "--iters", "2", "--warmup", "0", "--threads", "1",
-                    "--modes", "eager,folded,labels", "--json", str(out))
-    assert result.returncode == 0, result.stderr
+                    "--modes", "eager,folded,labels", "--device", "auto", "--json", str(out))
+    assert result.returncode == 0, result.stderr  # auto, as bench engine takes it
     lines = result.stdout.splitlines()
     # The final table: a header, a rule and one row per (batch, mode).
     header = max(i for i, line in enumerate(lines) if line.startswith("variant"))
@@ -50,6 +50,7 @@ def test_bench_model_prints_a_table_and_writes_json(tmp_path: Path) -> None:
     (["--sizes", "big"], "size must be HEIGHTxWIDTH, got 'big'"),
     (["--variants", "C"], "unknown variant C; valid: A, B"),
     (["--batch", "0"], "--batch and --iters must be at least 1"),
+    (["--device", "tpu"], "error: --device: unknown device 'tpu'; valid: auto, cpu, cuda"),
 ])
 def test_bench_model_names_bad_arguments(args: list[str], message: str,
                                          capsys: pytest.CaptureFixture) -> None:

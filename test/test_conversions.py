@@ -57,6 +57,8 @@ def _msg(**fields):
     ({"width": 100000, "height": 100000}, "too_large", "above max_image_pixels"),
     ({"step": 17}, "step", "step 17 < width 6 x 3"),
     ({"data": [0] * 71}, "short_data", "71 data bytes < step 18 x height 4 = 72"),
+    # padded rows: enough bytes for the pixels (72), not for the rows (80)
+    ({"step": 20, "data": [0] * 78}, "short_data", "78 data bytes < step 20 x height 4 = 80"),
     ({"encoding": "yuv422", "width": 5, "step": 10}, "odd_width", "even width, got 5"),
 ])
 def test_every_fault_is_named(fields, fault, text):
@@ -64,6 +66,19 @@ def test_every_fault_is_named(fields, fault, text):
         image_to_array(_msg(**fields), max_pixels=1 << 24)
     assert info.value.fault == fault
     assert text in str(info.value)
+
+
+def test_max_image_pixels_is_the_largest_frame_taken():
+    msg = _msg()  # 6x4: 24 pixels
+    assert image_to_array(msg, max_pixels=24).shape == (4, 6, 3)
+    with pytest.raises(BadImage, match="24 pixels, above max_image_pixels 23"):
+        image_to_array(msg, max_pixels=23)
+    png = io.BytesIO()
+    PILImage.fromarray(np.zeros((4, 6, 3), np.uint8)).save(png, format="PNG")
+    compressed = CompressedImage(format="png", data=png.getvalue())
+    assert compressed_to_array(compressed, max_pixels=24)[0].shape == (4, 6, 3)
+    with pytest.raises(BadImage, match="above max_image_pixels 23"):
+        compressed_to_array(compressed, max_pixels=23)
 
 
 def test_longer_data_than_needed_is_fine():

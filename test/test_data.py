@@ -164,6 +164,11 @@ def test_sampling_covers_each_epoch_and_keeps_ranks_apart():
     assert sorted(stream[:n].tolist()) == list(range(n))
     assert not torch.equal(stream[:n], torch.arange(n))
     assert torch.equal(stream, torch.cat([sample_indices(n, it, batch, 5) for it in range(4)]))
+    # Each epoch is shuffled anew: epoch 1 is a permutation of its own, not epoch 0 again.
+    epoch1 = torch.cat([sample_indices(n, it, 5, seed=5) for it in (2, 3)])
+    epoch0 = torch.cat([sample_indices(n, it, 5, seed=5) for it in (0, 1)])
+    assert sorted(epoch1.tolist()) == list(range(n))
+    assert not torch.equal(epoch0, epoch1)
     rank0 = sample_indices(n, 1, batch, 5, rank=0, world_size=2)
     rank1 = sample_indices(n, 1, batch, 5, rank=1, world_size=2)
     assert not set(rank0.tolist()) & set(rank1.tolist())
@@ -180,6 +185,22 @@ def test_median_frequency_weights_by_hand():
     w = median_frequency_weights(split)
     # freq = pixels / pixels of images holding the class: 6/8, 2/8, 3/8; median 3/8.
     assert torch.allclose(w[:3], torch.tensor([0.5, 1.5, 1.0]))
+    assert torch.equal(w[3:], torch.zeros(8))
+
+
+def test_median_frequency_counts_only_the_images_holding_the_class():
+    """freq(c) divides by the pixels of the images where c is present, not by all pixels:
+    with classes in different numbers of images the two give different weights."""
+    from dfanet_model.classes import CAMVID
+    from dfanet_model.data import SegmentationSplit
+    labels = torch.tensor([[[0, 0, 0, 1]], [[0, 2, 2, 2]], [[2, 2, 2, 2]]], dtype=torch.uint8)
+    split = SegmentationSplit("camvid", "hand", [], CAMVID, images=torch.zeros(3, 1, 4, 3),
+                              labels=labels)
+    w = median_frequency_weights(split)
+    # class 0: 4 px over images 0 and 1 (8 px) = 1/2; class 1: 1 px over image 0 = 1/4;
+    # class 2: 7 px over images 1 and 2 = 7/8.  Median 1/2.  (Over all 12 pixels, class 1
+    # would weigh 4, not 2.)
+    assert torch.allclose(w[:3], torch.tensor([1.0, 2.0, 4 / 7]))
     assert torch.equal(w[3:], torch.zeros(8))
 
 

@@ -26,6 +26,7 @@ from dfanet_ros.engine import (
     SegmentationEngine,
     resolve_device,
 )
+from dfanet_tools.report import overlay_image
 
 PALETTE = np.asarray(CAMVID.colors, np.uint8)
 YUV = ("yuv422", "uyvy", "yuv422_yuy2", "yuyv")
@@ -137,6 +138,9 @@ def test_color_overlay_and_fractions(engine, frame):
         # exact, so every pixel equals the integer blend; with 0.3 an exact half may fall
         # either way, every other pixel may not.
         expected, tie = exact_blend(frame, r.color, alpha, ties="even")
+        # The reports draw their overlays with the same blend: equal to the bit.
+        assert np.array_equal(overlay_image(frame, r.label, CAMVID.colors, float(alpha)),
+                              r.overlay), f"alpha {alpha}"
         binary = (alpha.denominator & (alpha.denominator - 1)) == 0
         exact = np.ones_like(tie) if binary else ~tie
         assert np.array_equal(r.overlay[exact], expected[exact]), f"alpha {alpha}"

@@ -27,7 +27,8 @@ from helpers_ros import (
     wait_for,
 )
 
-from dfanet_ros.segmentation_node import NODE_NAME, PARAMETERS, output_topic
+from dfanet_ros.parameters import PARAMETERS
+from dfanet_ros.topics import NODE_NAME
 
 LAUNCH = REPO / "launch" / "segment.launch.py"
 PARAMS = REPO / "config" / "segment.yaml"
@@ -76,7 +77,8 @@ def test_imports_are_real_names_and_launch_stays_optional():
     top_level = {n.module if isinstance(n, ast.ImportFrom) else a.name
                  for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)
                  for a in n.names}
-    assert top_level <= {"__future__", "os", "typing"}, top_level
+    # dfanet_ros.topics: the node's names, without rclpy or torch (test_package.py checks)
+    assert top_level <= {"__future__", "os", "typing", "dfanet_ros.topics"}, top_level
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             assert all(a.name.split(".")[0] not in ("launch", "launch_ros")
@@ -123,6 +125,20 @@ def test_plan_with_defaults(launch, defaults):
     assert p.environment == {"FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE)}
     assert launch.EXECUTABLE == "segmentation_node" and launch.NODE_NAME == NODE_NAME
     assert launch.PACKAGE == "dfanet_ros"
+
+
+def test_arguments_that_set_parameters_agree_with_the_table(launch, defaults):
+    """A launch argument that sets a node parameter defaults to the table's value (or to ""
+    for the params file's), and reaches the node with the parameter's declared type."""
+    table = {p.name: p for p in PARAMETERS}
+    assert defaults["camera_topics"] == ",".join(table["camera_topics"].default)
+    descriptions = {name: description for name, _, description in launch.ARGUMENTS}
+    for name in ("checkpoint", "device"):
+        assert defaults[name] == "" and "params file" in descriptions[name], name
+    overrides = plan(launch, defaults, checkpoint="m.safetensors", device="cpu").parameters[1]
+    for name, value in overrides.items():
+        if name in table:
+            assert type(value) is type(table[name].default), name
 
 
 def test_rviz_and_large_images_are_separate_switches(launch, defaults):
@@ -237,9 +253,10 @@ def test_rviz_shows_the_camera_and_every_image_output(defaults):
     displays = rviz["Visualization Manager"]["Displays"]
     topics = {d["Topic"]["Value"] for d in displays
               if d["Class"] == "rviz_default_plugins/Image"}
-    camera = "/" + defaults["camera_topics"]  # the relative default, resolved without namespace
-    assert topics == {camera, output_topic(camera, "overlay"), output_topic(camera, "color"),
-                      output_topic(camera, "confidence")}
+    # the relative default camera, resolved without a namespace, and its outputs
+    assert defaults["camera_topics"] == "camera/image_raw"
+    assert topics == {"/camera/image_raw", "/camera/segmentation/overlay",
+                      "/camera/segmentation/color", "/camera/segmentation/confidence"}
 
 
 def test_install_rules_cover_what_the_launch_names():

@@ -33,7 +33,6 @@ from std_msgs.msg import Header
 from dfanet_model.classes import CAMVID
 from dfanet_ros.conversions import array_to_compressed
 from dfanet_ros.engine import ENCODING_CHANNELS, SegmentationEngine
-from dfanet_ros.segmentation_node import output_topic
 from dfanet_tools.bench.soak import rss_mib
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -42,6 +41,10 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.usefixtures("one_th
 DOMAIN = domain_id(__name__)
 CAMERA, COMPRESSED, LAZY, FUZZ = ("/camera/image", "/camera2/image/compressed",
                                   "/lazy/image", "/fuzz/image")
+# Where each camera's outputs go, written out (not computed by the node's own rule).
+OUTPUTS = {CAMERA: "/camera/segmentation", COMPRESSED: "/camera2/segmentation",
+           LAZY: "/lazy/segmentation", FUZZ: "/fuzz/segmentation",
+           "/huge/image/compressed": "/huge/segmentation"}
 MAX_PIXELS = 1_000_000
 PALETTE = np.asarray(CAMVID.colors, np.uint8)
 _stamps = itertools.count(1000)
@@ -139,7 +142,7 @@ exchange.publishers = {}
 def collectors(client, camera: str,
                names=("label", "color", "overlay", "confidence", "info")) -> dict:
     return {name: client.collect(SegmentationInfo if name == "info" else Image,
-                                 output_topic(camera, name)) for name in names}
+                                 f"{OUTPUTS[camera]}/{name}") for name in names}
 
 
 def close_all(cols: dict) -> None:
@@ -767,28 +770,37 @@ def test_extreme_aspect_frames_leave_the_node_resident_memory_as_it_was(checkpoi
         proc.stop()
 
 
+def in_process_node(checkpoint, ros_domain: int, cameras: list[str]):
+    """An rclpy context of its own and an unconfigured node in it (CPU, eager, no
+    /diagnostics) for tests that drive the lifecycle or a frame's processing by hand."""
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from dfanet_ros.segmentation_node import SegmentationNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=ros_domain)
+    return context, SegmentationNode(context=context, parameter_overrides=[
+        Parameter("checkpoint", value=str(checkpoint)), Parameter("autostart", value=False),
+        Parameter("device", value="cpu"), Parameter("camera_topics", value=cameras),
+        Parameter("backend", value="eager"), Parameter("diagnostics_period", value=0.0)])
+
+
 def test_deactivate_waits_for_one_frame_at_most(checkpoint, ros_domain):
     """Deactivate once joined each camera's worker in turn: with a frame queued at the engine
     lock behind another, the lifecycle service was held for every camera's frame."""
     import rclpy
     from rclpy.lifecycle import TransitionCallbackReturn
-    from rclpy.parameter import Parameter
-
-    from dfanet_ros.segmentation_node import SegmentationNode
 
     cameras = ["d0/image", "d1/image", "d2/image"]
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=ros_domain)
-    node = SegmentationNode(context=context, parameter_overrides=[
-        Parameter("checkpoint", value=str(checkpoint)), Parameter("autostart", value=False),
-        Parameter("device", value="cpu"), Parameter("camera_topics", value=cameras),
-        Parameter("backend", value="eager"), Parameter("diagnostics_period", value=0.0)])
+    context, node = in_process_node(checkpoint, ros_domain, cameras)
     watcher = rclpy.create_node("deactivate_watcher", context=context)
     try:
         node.trigger_configure()
         node.trigger_activate()
-        subs = [watcher.create_subscription(Image, output_topic(f"/{c}", "label"),
-                                            lambda m: None, 1) for c in cameras]
+        labels = ["/d0/segmentation/label", "/d1/segmentation/label", "/d2/segmentation/label"]
+        subs = [watcher.create_subscription(Image, label, lambda m: None, 1)
+                for label in labels]
         wait_for(lambda: all(c.publishers["label"].get_subscription_count() for c in
                              node._cameras), 20.0, "the label subscriptions")
         pixels = np.zeros((4000, 4000), np.uint8)
@@ -829,22 +841,53 @@ def test_deactivate_waits_for_one_frame_at_most(checkpoint, ros_domain):
         rclpy.try_shutdown(context=context)
 
 
+def test_total_ms_counts_from_the_frames_receipt(checkpoint, ros_domain):
+    """SegmentationInfo.total_ms runs from the callback's receipt, so the time a frame waits
+    in its camera's slot counts; decode_ms + inference_ms + publish_ms leave it out."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    context, node = in_process_node(checkpoint, ros_domain, ["t/image"])
+    watcher = rclpy.create_node("total_watcher", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(watcher)
+    infos: list[SegmentationInfo] = []
+    try:
+        node.trigger_configure()
+        node.trigger_activate()
+        sub = watcher.create_subscription(SegmentationInfo, "/t/segmentation/info",
+                                          infos.append, 10)
+        (camera,) = node._cameras
+        wait_for(lambda: camera.publishers["info"].get_subscription_count(), 20.0,
+                 "the info subscription")
+        waited_s = 0.3  # received this long before the worker takes it up
+        node._process(camera, image_message(np.zeros((8, 8, 3), np.uint8), "rgb8", (1, 0)),
+                      time.perf_counter() - waited_s, 0)
+
+        def received() -> bool:
+            executor.spin_once(timeout_sec=0.1)
+            return bool(infos)
+
+        wait_for(received, 20.0, "the info message")
+        info = infos[0]
+        work_ms = info.decode_ms + info.inference_ms + info.publish_ms
+        assert info.total_ms - work_ms >= waited_s * 1e3, (info.total_ms, work_ms)
+        del sub
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        watcher.destroy_node()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
 def test_frames_dds_replaced_in_the_input_queue_are_counted(checkpoint, ros_domain):
     """With the default best-effort, depth-1 input, frames that arrive faster than the executor
     takes them are replaced inside DDS and never reach the node's callback: the publishers'
     sequence numbers count them (frames_unseen), so published = received + unseen."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
-    from rclpy.parameter import Parameter
 
-    from dfanet_ros.segmentation_node import SegmentationNode
-
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=ros_domain)
-    node = SegmentationNode(context=context, parameter_overrides=[
-        Parameter("checkpoint", value=str(checkpoint)), Parameter("autostart", value=False),
-        Parameter("device", value="cpu"), Parameter("camera_topics", value=["q/image"]),
-        Parameter("backend", value="eager"), Parameter("diagnostics_period", value=0.0)])
+    context, node = in_process_node(checkpoint, ros_domain, ["q/image"])
     camera_side = rclpy.create_node("burst_camera", context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)

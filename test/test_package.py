@@ -86,9 +86,12 @@ def test_every_python_key_resolves():
 def test_layers_import_only_downwards():
     """dfanet_model (the library) never names the node package, ROS or the tools, not even in
     a lazy import or a module-name string; dfanet_ros never imports the tools; the engine
-    never imports rclpy."""
+    never imports rclpy; the node's names and parameters need neither rclpy nor torch."""
     above = {"dfanet_model": ("dfanet_ros", "dfanet_tools", "rclpy"),
-             "dfanet_ros": ("dfanet_tools",), "dfanet_ros/engine.py": ("rclpy",)}
+             "dfanet_ros": ("dfanet_tools",), "dfanet_ros/engine.py": ("rclpy",),
+             # the names and the parameter table, read by the launch file and the tools
+             "dfanet_ros/topics.py": ("rclpy", "torch"),
+             "dfanet_ros/parameters.py": ("rclpy", "torch")}
     offenders = []
     for package, forbidden in above.items():
         paths = [REPO / package] if package.endswith(".py") else REPO.glob(f"{package}/**/*.py")
@@ -105,3 +108,100 @@ def test_layers_import_only_downwards():
                 offenders += [f"{path.name}: {n}" for n in names
                               if any(n == f or n.startswith(f + ".") for f in forbidden)]
     assert not offenders
+
+
+def test_tools_run_the_node_without_importing_it():
+    """The tools start the node as a process; importing its module would load rclpy (and the
+    node) for a name: the names live in dfanet_ros.topics."""
+    offenders = []
+    for path in sorted(REPO.glob("dfanet_tools/**/*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            offenders += [f"{path.name}: {n}" for n in names
+                          if n.startswith("dfanet_ros.segmentation_node")]
+    assert not offenders
+
+
+def module_imports() -> dict[str, set[str]]:
+    """Each module of the three packages -> the package modules it imports, at any level
+    (a lazy import inside a function still ties the two modules together)."""
+    modules = {}
+    for package in ("dfanet_model", "dfanet_ros", "dfanet_tools"):
+        for path in REPO.glob(f"{package}/**/*.py"):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            modules[name] = (path, parts[-1] == "__init__")
+    graph: dict[str, set[str]] = {}
+    for name, (path, is_package) in modules.items():
+        here = name if is_package else name.rpartition(".")[0]
+        edges = graph.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = here.rsplit(".", node.level - 1)[0] if node.level else ""
+                module = ".".join(p for p in (base, node.module or "") if p)
+                # ``from package import module`` names the module, else the package
+                targets = [f"{module}.{a.name}" if f"{module}.{a.name}" in modules else module
+                           for a in node.names]
+            else:
+                continue
+            edges.update(t for t in targets if t in modules and t != name)
+    return graph
+
+
+def test_no_import_cycles():
+    """No module imports one that imports it back, however indirectly (cycles hide shared
+    types in the wrong module and break with the first top-level import)."""
+    graph, cycles = module_imports(), []
+    index: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        index[module] = len(path)
+        path.append(module)
+        for target in sorted(graph[module]):
+            if target in path:
+                cycles.append(" -> ".join(path[path.index(target):] + [target]))
+            elif target not in index:
+                visit(target, path)
+        path.pop()
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module, [])
+    assert len(graph) > 50 and graph["dfanet_tools.bag.evaluate"]
+    assert not cycles, "\n".join(cycles)
+
+
+def test_one_version_everywhere():
+    """dfanet_model/version.py is the version; the files that must spell it out agree."""
+    import re
+
+    import dfanet_ros
+    from dfanet_model.version import __version__
+
+    root = ET.parse(REPO / "package.xml").getroot()
+    setup = re.search(r'version="([^"]+)"', (REPO / "setup.py").read_text())
+    assert setup and setup.group(1) == __version__
+    assert root.findtext("version") == __version__ == dfanet_ros.__version__
+
+
+def test_every_script_the_documents_name_exists():
+    """README, BENCHMARKS, the model card, CI and the scripts name scripts by path: each
+    exists (scripts/ holds what users run, scripts/bench/ the measurements)."""
+    import re
+
+    documents = [REPO / "README.md", REPO / "BENCHMARKS.md", REPO / ".ci" / "run",
+                 REPO / "dfanet_model" / "data" / "dfanet_camvid.md",
+                 *REPO.glob("scripts/**/*.sh"), *REPO.glob("scripts/**/*.py"),
+                 *REPO.glob("config/*.yaml")]
+    named = {(doc.name, m) for doc in documents
+             for m in re.findall(r"\bscripts/[\w/.-]*\w", doc.read_text())}
+    assert len(named) > 10
+    missing = sorted(f"{doc}: {path}" for doc, path in named if not (REPO / path).exists())
+    assert not missing

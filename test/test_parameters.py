@@ -1,9 +1,12 @@
-"""NodeParameters: one typed field per declared parameter, checked as configure needs them."""
+"""NodeParameters: the one parameter table, checked as configure needs them, and every place
+that repeats it (config/segment.yaml, the README's table) held to it."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
+import yaml
 
 from dfanet_model.resources import DEFAULT_CHECKPOINT
 from dfanet_ros.parameters import (
@@ -12,6 +15,9 @@ from dfanet_ros.parameters import (
     PARAMETERS,
     NodeParameters,
 )
+from dfanet_tools import parameter_docs
+
+REPO = Path(__file__).resolve().parent.parent
 
 DEFAULTS = {name: default for name, default, *_ in PARAMETERS}
 
@@ -31,6 +37,48 @@ def test_one_field_per_declared_parameter_of_its_type():
     assert DYNAMIC_PARAMETERS == {"overlay_alpha", "publish_label", "publish_color",
                                   "publish_overlay", "publish_confidence", "publish_info",
                                   "min_mean_confidence"}
+
+
+def test_each_field_is_annotated_with_its_defaults_type():
+    for f in dataclasses.fields(NodeParameters):
+        d = f.default
+        expected = (f"tuple[{type(d[0]).__name__}, ...]" if isinstance(d, tuple)
+                    else type(d).__name__)
+        assert f.type == expected, f"{f.name}: annotated {f.type}, default {d!r}"
+
+
+def test_generated_files_follow_the_table():
+    stale = parameter_docs.stale_files()
+    assert not stale, (f"{', '.join(map(str, stale))} differ from dfanet_ros/parameters.py: "
+                       "run python -m dfanet_tools.parameter_docs")
+
+
+def test_params_file_holds_every_default_with_its_type():
+    """What the node reads from config/segment.yaml: each name in table order, each value
+    equal to the table's default and of its type (0.5 stays a double, 0 an int)."""
+    params = yaml.safe_load((REPO / "config" / "segment.yaml").read_text())
+    params = params["/**"]["ros__parameters"]
+    assert tuple(params) == PARAMETER_NAMES
+    for p in PARAMETERS:
+        value = params[p.name]
+        assert value == p.default and type(value) is type(p.default), \
+            f"config/segment.yaml {p.name}: {value!r}, the table says {p.default!r}"
+
+
+def test_readme_table_states_every_parameter():
+    text = (REPO / "README.md").read_text()
+    table = text[text.index(parameter_docs.TABLE_BEGIN):text.index(parameter_docs.TABLE_END)]
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in table.splitlines()[3:]]
+    type_names = {bool: "bool", int: "int", float: "double", str: "string", list: "string[]"}
+    assert tuple(row[0].strip("`") for row in rows) == PARAMETER_NAMES
+    for p, (_, type_name, default, bounds, run_time, meaning) in zip(PARAMETERS, rows,
+                                                                     strict=True):
+        assert type_name == type_names[type(p.default)], p.name
+        assert yaml.safe_load(default.strip("`")) == p.default, p.name
+        got = tuple(float(b) for b in bounds.split("..")) if bounds else None
+        assert got == p.bounds, p.name
+        assert (run_time == "yes") == p.dynamic and meaning == p.description, p.name
 
 
 def test_defaults_complete_to_what_the_engine_takes():

@@ -25,13 +25,13 @@ def frame():
 
 @pytest.mark.parametrize("alpha", [Fraction(0), Fraction(1, 4), Fraction(1, 2),
                                    Fraction(3, 4), Fraction(1), Fraction(3, 10)])
-def test_overlay_rounds_half_up_exactly(frame, alpha):
-    """``overlay_image`` rounds by adding 0.5 and truncating: halves go up.  For binary
-    fractions the float32 blend is exact, so every pixel must equal the integer blend; for
-    0.3 the exact halves may fall either way, every other pixel may not."""
+def test_overlay_rounds_half_to_even_exactly(frame, alpha):
+    """``overlay_image`` rounds as the engine does, halves to even.  For binary fractions the
+    float32 blend is exact, so every pixel must equal the integer blend; for 0.3 the exact
+    halves may fall either way, every other pixel may not."""
     rgb, label = frame
     got = overlay_image(rgb, label, CAMVID.colors, float(alpha))
-    expected, tie = exact_blend(rgb, PALETTE[label], alpha, ties="up")
+    expected, tie = exact_blend(rgb, PALETTE[label], alpha, ties="even")
     if alpha.denominator & (alpha.denominator - 1):  # not a power of two
         assert tie.any() and not tie.all()
         assert np.array_equal(got[~tie], expected[~tie])
@@ -51,6 +51,7 @@ def test_overlay_of_grey_frames_and_ids_beyond_the_table():
     got = overlay_image(grey, label, CAMVID.colors, 0.5)
     colors = np.array([CAMVID.colors[0], CAMVID.colors[3], (0, 0, 0), (0, 0, 0)], np.uint8)
     expected, _ = exact_blend(np.repeat(grey[..., None], 3, axis=2), colors[None],
-                              Fraction(1, 2), ties="up")
+                              Fraction(1, 2), ties="even")
     assert np.array_equal(got, expected)
-    assert got[0, 2].tolist() == [128, 128, 128] and got[0, 3].tolist() == [19, 19, 19]
+    # 255 / 2 = 127.5 and 37 / 2 = 18.5: halves to even
+    assert got[0, 2].tolist() == [128, 128, 128] and got[0, 3].tolist() == [18, 18, 18]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dfanet_model.args import parse_size
 
-from .io import DEFAULT_CAMERA_TOPIC, DEFAULT_LABEL_TOPIC, STORAGES, BagError
+from .io import BAG_CAMERA_TOPIC, DEFAULT_LABEL_TOPIC, STORAGES, BagError
 
 
 def _positive(text: str) -> float:
@@ -42,8 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     make.add_argument("--compressed", action="store_true",
                       help="sensor_msgs/CompressedImage with each file's JPEG/PNG bytes, on "
                            "TOPIC/compressed")
-    make.add_argument("--topic", default=DEFAULT_CAMERA_TOPIC,
-                      help=f"camera topic ({DEFAULT_CAMERA_TOPIC})")
+    make.add_argument("--topic", default=BAG_CAMERA_TOPIC,
+                      help=f"camera topic ({BAG_CAMERA_TOPIC})")
     make.add_argument("--label-topic", default=DEFAULT_LABEL_TOPIC,
                       help=f"ground-truth topic ({DEFAULT_LABEL_TOPIC})")
     make.add_argument("--frame-id", default="camera", help="header frame_id (camera)")
@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pace.add_argument("--as-fast-as-possible", action="store_true",
                       help="send each frame once the previous one is answered (backpressure)")
     ev.add_argument("--camera-topic", default=None,
-                    help=f"camera topic in the bag (default: {DEFAULT_CAMERA_TOPIC}, else the "
+                    help=f"camera topic in the bag (default: {BAG_CAMERA_TOPIC}, else the "
                          "only image topic)")
     ev.add_argument("--label-topic", default=DEFAULT_LABEL_TOPIC,
                     help=f"mono8 ground-truth topic in the bag ({DEFAULT_LABEL_TOPIC})")

@@ -13,15 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from ..stamps import header_stamp_ns, split_stamp
 from .io import (
+    BAG_CAMERA_TOPIC,
     COMPRESSED_IMAGE,
-    DEFAULT_CAMERA_TOPIC,
     IMAGE,
     BagError,
     BagReader,
-    header_stamp_ns,
     normalize_topic,
-    split_stamp,
     typestore,
 )
 
@@ -39,8 +38,8 @@ def resolve_camera_topic(reader: BagReader, requested: str | None, label_topic: 
     """The camera topic to replay: the one asked for, else the default or the only image one."""
     if requested:
         return reader.require_topic(requested, CAMERA_TYPES, "camera").name
-    if DEFAULT_CAMERA_TOPIC in reader.topics:
-        return reader.require_topic(DEFAULT_CAMERA_TOPIC, CAMERA_TYPES, "camera").name
+    if BAG_CAMERA_TOPIC in reader.topics:
+        return reader.require_topic(BAG_CAMERA_TOPIC, CAMERA_TYPES, "camera").name
     label = normalize_topic(label_topic) if label_topic else None
     candidates = [t.name for t in reader.topics.values()
                   if t.msgtype in CAMERA_TYPES and t.name != label]

@@ -18,11 +18,16 @@ from typing import Any
 
 import numpy as np
 
+from dfanet_ros.topics import DEFAULT_CAMERA_TOPIC
+
+from ..stamps import split_stamp
+
 STORAGES = ("mcap", "sqlite3")
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
-# The topics ``dfanet bag make`` writes and ``dfanet bag eval`` reads unless told otherwise.
-DEFAULT_CAMERA_TOPIC = "/camera/image_raw"
+# The topics ``dfanet bag make`` writes and ``dfanet bag eval`` reads unless told otherwise:
+# the node's default camera in the root namespace, as bags store topics (absolute).
+BAG_CAMERA_TOPIC = "/" + DEFAULT_CAMERA_TOPIC
 DEFAULT_LABEL_TOPIC = "/camera/label_gt"
 
 
@@ -48,17 +53,6 @@ def normalize_topic(name: str) -> str:
     if not name or name == "/":
         raise ValueError(f"invalid topic name {name!r}")
     return name if name.startswith("/") else "/" + name
-
-
-def split_stamp(stamp_ns: int) -> tuple[int, int]:
-    """Nanoseconds since the epoch as (sec, nanosec), as a ROS header holds it."""
-    return stamp_ns // 1_000_000_000, stamp_ns % 1_000_000_000
-
-
-def header_stamp_ns(msg: Any) -> int:
-    """The header stamp of a message (rosbags or rclpy) in nanoseconds."""
-    stamp = msg.header.stamp
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def _header(stamp_ns: int, frame_id: str) -> Any:

@@ -20,8 +20,8 @@ import numpy as np
 from dfanet_model.data import IMAGE_SUFFIXES
 
 from .io import (
+    BAG_CAMERA_TOPIC,
     COMPRESSED_IMAGE,
-    DEFAULT_CAMERA_TOPIC,
     DEFAULT_LABEL_TOPIC,
     IMAGE,
     BagWriter,
@@ -166,7 +166,7 @@ def _compressed_bytes(path: Path) -> tuple[bytes, str]:
 
 def make_bag(out: str | os.PathLike, source: str | os.PathLike, *, split: str = "test",
              dataset: str | None = None, rate: float = 15.0, storage: str = "mcap",
-             compressed: bool = False, topic: str = DEFAULT_CAMERA_TOPIC,
+             compressed: bool = False, topic: str = BAG_CAMERA_TOPIC,
              label_topic: str = DEFAULT_LABEL_TOPIC, frame_id: str = "camera",
              limit: int | None = None, start_ns: int | None = None,
              progress: bool = False) -> MadeBag:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import time
 
-from .evaluate import EvalError, EvalOptions, Plan
 from .frames import camera_frames, decode_camera, progress_bar, stamp_str
 from .io import BagReader
+from .plan import EvalError, EvalOptions, Plan
 from .result import BagEvalResult, Snapshot, overlay_snapshot, pick_snapshots
 from .scoring import FrameLog, FrameRecord, Scorer
 

@@ -28,8 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from dfanet_ros.topics import output_topic
+
 from ..ros_process import NodeProcess
-from .evaluate import EvalError, EvalOptions, Plan
+from ..stamps import header_stamp_ns
 from .frames import (
     CameraFrame,
     camera_frames,
@@ -39,7 +41,8 @@ from .frames import (
     restamp,
     stamp_str,
 )
-from .io import BagReader, header_stamp_ns, normalize_topic
+from .io import BagReader, normalize_topic
+from .plan import EvalError, EvalOptions, Plan
 from .replayer import Replayer, node_command_for
 from .result import BagEvalResult, NodeLatency, Snapshot, overlay_snapshot, pick_snapshots
 from .scoring import FrameLog, FrameRecord, Scorer
@@ -154,8 +157,6 @@ class _OnlineRun:
     """One online evaluation: the node, this process's DDS side, and what came back."""
 
     def __init__(self, opts: EvalOptions, plan: Plan, camera_type: str) -> None:
-        from dfanet_ros.segmentation_node import output_topic
-
         self.opts, self.plan, self.camera_type = opts, plan, camera_type
         self.label_topic = normalize_topic(
             opts.output_topic or output_topic(plan.camera_topic, "label"))

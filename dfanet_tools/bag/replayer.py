@@ -9,7 +9,7 @@ from ..ros_process import DdsClient, node_command
 from .io import IMAGE
 
 if TYPE_CHECKING:
-    from .evaluate import EvalOptions, Plan
+    from .plan import EvalOptions, Plan
 
 
 class Replayer(DdsClient):

@@ -19,7 +19,7 @@ from .frames import stamp_str
 from .scoring import FrameLog, FrameRecord
 
 if TYPE_CHECKING:
-    from .evaluate import EvalOptions, Plan
+    from .plan import EvalOptions, Plan
 
 Percentiles = dict[str, float]  # p50, p90, p99, mean and max, as ``percentiles`` gives them
 Snapshot = tuple[str, np.ndarray]  # (file name, RGB overlay)

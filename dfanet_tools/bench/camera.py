@@ -25,8 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from ..bag.io import header_stamp_ns
+from dfanet_ros.topics import output_topic
+
 from ..ros_process import spin_in_background
+from ..stamps import header_stamp_ns
 
 MODULE = "dfanet_tools.bench.camera"  # run as python -m MODULE
 
@@ -35,22 +37,24 @@ def camera_topic(index: int) -> str:
     return f"/bench/cam{index}/image"
 
 
-def output_topic(index: int, output: str) -> str:
-    """The node's ``output`` topic for camera ``index`` (outputs follow the input's name)."""
-    return f"/bench/cam{index}/segmentation/{output}"
+def camera_output_topic(index: int, output: str) -> str:
+    """The node's ``output`` topic for camera ``index``."""
+    return output_topic(camera_topic(index), output)
 
 
 def run_camera(workdir: Path, cameras: int, size: tuple[int, int], rate: float,
-               warmup: float, duration: float,
-               answer_output: str) -> tuple[dict[int, list[int]], float]:
-    """Run the camera process once in this process's (DDS) environment; the stamps it sent
-    in the measured period per camera, and that period's length in seconds."""
+               warmup: float, duration: float, answer_output: str, depth: int = 1,
+               env: dict[str, str] | None = None) -> tuple[dict[int, list[int]], float]:
+    """Run the camera process once in ``env`` (default: this process's DDS environment);
+    the stamps it sent in the measured period per camera, and that period's length in
+    seconds."""
     out = workdir / "sent.json"
     command = [sys.executable, "-m", MODULE,
                "--cameras", str(cameras), "--height", str(size[0]), "--width", str(size[1]),
                "--rate", str(rate), "--warmup", str(warmup), "--duration", str(duration),
-               "--out", str(out), "--answer-output", answer_output]
-    done = subprocess.run(command, env=dict(os.environ), capture_output=True, text=True,
+               "--out", str(out), "--answer-output", answer_output, "--depth", str(depth)]
+    done = subprocess.run(command, env=dict(os.environ if env is None else env),
+                          capture_output=True, text=True,
                           timeout=warmup + duration + 120)
     if done.returncode != 0:
         raise RuntimeError(f"camera publisher failed: {done.stderr.strip()[-2000:]}")
@@ -70,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, required=True, help="measured seconds")
     p.add_argument("--answer-output", default="label",
                    help="flat out: the output whose arrival frees a frame's place")
+    p.add_argument("--depth", type=int, default=1, help="the publishers' queue depth (1)")
     p.add_argument("--match-timeout", type=float, default=60.0)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
@@ -84,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     rclpy.init()
     node = rclpy.create_node("dfanet_bench_camera")
     try:
-        # Reliable, depth 1, as most camera drivers: a best-effort subscriber still matches.
-        qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        # Reliable (depth 1 unless told), as most camera drivers: a best-effort subscriber
+        # still matches.
+        qos = QoSProfile(depth=args.depth, reliability=ReliabilityPolicy.RELIABLE)
         pubs = [node.create_publisher(Image, camera_topic(i), qos) for i in range(args.cameras)]
         frame = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3),
                                                   dtype=np.uint8)
@@ -102,15 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         deadline = time.monotonic() + args.match_timeout
         while not answers.matched():
             if time.monotonic() > deadline:
-                print(f"error: nobody publishes {output_topic(0, args.answer_output)} within "
-                      f"{args.match_timeout:g} s", file=sys.stderr)
+                print(f"error: nobody publishes {camera_output_topic(0, args.answer_output)} "
+                      f"within {args.match_timeout:g} s", file=sys.stderr)
                 return 1
             time.sleep(0.05)
         # The node's first frame of a size builds its plan (with onnxruntime, a session too):
         # seconds on a loaded machine, longer than a fixed warm-up.  Each camera sends until
         # it is answered once; only then does the timed warm-up start.
         if not answers.prime(pubs, messages, args.match_timeout):
-            print(f"error: no answer on {output_topic(0, args.answer_output)} within "
+            print(f"error: no answer on {camera_output_topic(0, args.answer_output)} within "
                   f"{args.match_timeout:g} s of sending", file=sys.stderr)
             return 1
         window = answers if args.rate == 0 else None
@@ -172,7 +178,7 @@ class _FlatOut:
         self.answered = [0] * cameras
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.subscriptions = [
-            node.create_subscription(Image, output_topic(i, output),
+            node.create_subscription(Image, camera_output_topic(i, output),
                                      lambda msg, i=i: self._answered(i, msg), qos)
             for i in range(cameras)]
         self.executor = SingleThreadedExecutor()
@@ -186,7 +192,7 @@ class _FlatOut:
             self.cond.notify_all()
 
     def matched(self) -> bool:
-        return all(self.node.count_publishers(output_topic(i, self.output)) > 0
+        return all(self.node.count_publishers(camera_output_topic(i, self.output)) > 0
                    for i in range(self.cameras))
 
     def prime(self, pubs: list[Any], messages: list[Any], timeout: float) -> bool:

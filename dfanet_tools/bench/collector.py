@@ -7,9 +7,9 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from ..bag.io import header_stamp_ns
 from ..ros_process import DdsClient
-from .camera import output_topic
+from ..stamps import header_stamp_ns
+from .camera import camera_output_topic
 
 
 class Collector(DdsClient):
@@ -39,10 +39,10 @@ class Collector(DdsClient):
         for cam in range(cameras):
             for out in outputs:
                 self.subscriptions.append(self.node.create_subscription(
-                    Image, output_topic(cam, out),
+                    Image, camera_output_topic(cam, out),
                     lambda msg, c=cam, o=out: self._arrived(c, o, msg), qos))
             self.subscriptions.append(self.node.create_subscription(
-                SegmentationInfo, output_topic(cam, "info"),
+                SegmentationInfo, camera_output_topic(cam, "info"),
                 lambda msg, c=cam: self._info(c, msg), qos))
 
     def _arrived(self, camera: int, output: str, msg: Any) -> None:
@@ -84,5 +84,5 @@ class Collector(DdsClient):
 
     def matched(self, cameras: int) -> bool:
         """The node publishes every output the collector listens to."""
-        return all(self.node.count_publishers(output_topic(c, o)) > 0
+        return all(self.node.count_publishers(camera_output_topic(c, o)) > 0
                    for c in range(cameras) for o in self.outputs)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from dfanet_model.checkpoint import ModelCard, load_model, read_checkpoint
+from dfanet_model.device import DeviceError, resolve_device
 from dfanet_model.fast import ImageToLabels
 from dfanet_model.network import VARIANTS, build_dfanet
 
@@ -198,8 +199,8 @@ def add_arguments(m: argparse.ArgumentParser) -> None:
                    help="comma-separated modes (default: "
                         + "; ".join(f"{d}: {','.join(v)}" for d, v in DEFAULT_MODES.items())
                         + "). " + "; ".join(f"{k}: {v[1]}" for k, v in MODES.items()))
-    m.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu, cuda or cuda:N (default: cuda when available)")
+    m.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto: "
+                   "cuda when available)")
     m.add_argument("--iters", type=int, default=None,
                    help="timed calls per mode (default: 200 on CUDA, 10 on the CPU)")
     m.add_argument("--warmup", type=int, default=None,
@@ -221,9 +222,10 @@ def add_arguments(m: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """``dfanet bench model``: check the arguments, time every configuration, print, write."""
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print(f"error: --device {args.device}: CUDA is not available here", file=sys.stderr)
+    try:
+        device = resolve_device(args.device)
+    except DeviceError as e:
+        print(f"error: --device: {e}", file=sys.stderr)
         return 2
     modes = args.modes or list(DEFAULT_MODES[device.type])
     unsupported = [m for m in modes if device.type not in MODES[m][0]]

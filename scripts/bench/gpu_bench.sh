@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmarks in one go, about 5 minutes on one H200; JSON and logs under $OUT.
 #
-#   OUT=/path/to/results scripts/gpu_bench.sh        # default ./out
+#   OUT=/path/to/results scripts/bench/gpu_bench.sh        # default ./out
 #
 # Needs python with a CUDA torch and numpy; no ROS, no network, nothing installed: it runs
 # from the source tree (PYTHONPATH).  Steps, most important first, each under its own time
@@ -15,7 +15,7 @@
 #   compile  torch.compile of A and B at 1024x2048
 # summary.txt gathers every table.
 set -uo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 out=${OUT:-$root/out}
 py=${PYTHON:-python3}
 budget=${BUDGET_S:-290}

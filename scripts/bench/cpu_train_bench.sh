@@ -2,14 +2,14 @@
 # Training throughput on this CPU, one `dfanet train --benchmark-steps` per setting, as the
 # rows of BENCHMARKS.md's training table (config/train_camvid_cpu.yaml: batch 8, 240x320 crops).
 #
-#   scripts/cpu_train_bench.sh [ROWS...]      # default: every row below
-#   VARIANTS="B" THREADS="1" STEPS=8 scripts/cpu_train_bench.sh nchw channels_last
+#   scripts/bench/cpu_train_bench.sh [ROWS...]      # default: every row below
+#   VARIANTS="B" THREADS="1" STEPS=8 scripts/bench/cpu_train_bench.sh nchw channels_last
 #
 # Rows: nchw, channels_last, channels_last-avx2 (oneDNN capped at AVX2), bf16 (channels-last
 # with bf16 autocast), compile (torch.compile, channels-last), ddp (one one-thread process per
 # thread, as a gloo job on loopback; global batch = 8 x processes).
 set -euo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 venv=${DFANET_VENV:-$root/.venv}
 data=${DATA:-${DFANET_CAMVID:-$root/../shared/data/camvid}}
 steps=${STEPS:-8}

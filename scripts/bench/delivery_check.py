@@ -2,16 +2,17 @@
 """How a camera stream from another process fares through the node, per Fast DDS setting.
 
 Three processes, as on a robot: a camera publishing rgb8 frames with a driver's usual QoS
-(reliable, depth 10), the segmentation node (shipped model, CPU, one thread), and this
-process as a viewer subscribing to the outputs with default QoS.  The camera and the viewer
-run with Fast DDS's defaults unless ``--camera-profile`` is given; the node gets
-``--node-profile`` (what the launch file's ``large_images`` sets).  The camera first sends 8
-warm-up frames a second apart (the node plans, and builds its ONNX Runtime session, on the
-first), then ``--frames`` at ``--rate``.  Prints one JSON line: frames sent and answered on
-the first ``--watch`` output, answered within 200 ms and after more than 1 s, latency from
-the camera's stamp, and the answered rate.  Run it confined:
+(reliable, depth 10; the benchmarks' camera process), the segmentation node (shipped model,
+CPU, one thread), and this process as a viewer subscribing to the outputs with default QoS.
+The camera and the viewer run with Fast DDS's defaults unless ``--camera-profile`` is given;
+the node gets ``--node-profile`` (what the launch file's ``large_images`` sets).  The camera
+first sends until the node answers once (the node plans, and builds its ONNX Runtime
+session, on the first frame), then 8 s of warm-up and ``--frames`` frames at ``--rate``.
+Prints one JSON line: frames sent and answered on the first ``--watch`` output, answered
+within 200 ms and after more than 1 s, latency from the camera's stamp, and the answered
+rate.  Run it confined:
 
-    scripts/confined.sh .venv/bin/python scripts/delivery_check.py --rate 5 --frames 60 \
+    scripts/confined.sh .venv/bin/python scripts/bench/delivery_check.py --rate 5 --frames 60 \
         --watch overlay,color,label [--node-profile config/fastdds_large_images.xml]
 """
 from __future__ import annotations
@@ -19,44 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
-
-CAMERA = r'''
-import array, sys, time
-import numpy as np, rclpy
-from sensor_msgs.msg import Image
-rate, n, height, width = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-rclpy.init()
-node = rclpy.create_node("delivery_check_camera")
-pub = node.create_publisher(Image, "/camera/image_raw", 10)
-deadline = time.time() + 60
-while pub.get_subscription_count() == 0 and time.time() < deadline:
-    time.sleep(0.05)
-frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
-data = array.array("B")
-data.frombytes(frame.tobytes())
-
-def send(frame_id):
-    msg = Image(height=height, width=width, encoding="rgb8", step=width * 3, data=data)
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(time.time_ns(), 10**9)
-    msg.header.frame_id = str(frame_id)
-    pub.publish(msg)
-
-for i in range(8):
-    send(-1 - i)
-    time.sleep(1.0)
-next_t = time.time()
-for i in range(n):
-    send(i)
-    next_t += 1.0 / rate
-    time.sleep(max(0.0, next_t - time.time()))
-time.sleep(5.0)
-'''
 
 
 def main() -> None:
@@ -78,11 +47,13 @@ def main() -> None:
                              if a.node_profile else {}))
     camera_env = dict(base, **({"FASTDDS_DEFAULT_PROFILES_FILE": a.camera_profile}
                                if a.camera_profile else {}))
+    from dfanet_tools.bench.camera import camera_output_topic, camera_topic, run_camera
     from dfanet_tools.ros_process import NodeProcess, node_command
+    from dfanet_tools.stamps import header_stamp_ns
 
     # The node's environment is this check's subject, so it is given whole (not confined).
     node = NodeProcess(node_command({"device": "cpu", "cpu_threads": 1, "diagnostics_period": 0.0,
-                                     "camera_topics": ["/camera/image_raw"]}), env=node_env)
+                                     "camera_topics": [camera_topic(0)]}), env=node_env)
     import rclpy
     from sensor_msgs.msg import Image
 
@@ -91,13 +62,13 @@ def main() -> None:
     answers: dict[int, tuple[float, float]] = {}
 
     def on_answer(msg: Image) -> None:
-        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
-        answers[int(msg.header.frame_id)] = ((time.time_ns() - stamp) / 1e6, time.monotonic())
+        stamp = header_stamp_ns(msg)
+        answers[stamp] = ((time.time_ns() - stamp) / 1e6, time.monotonic())
 
     watch = a.watch.split(",")
-    viewer.create_subscription(Image, f"/camera/segmentation/{watch[0]}", on_answer, 10)
+    viewer.create_subscription(Image, camera_output_topic(0, watch[0]), on_answer, 10)
     for other in watch[1:]:
-        viewer.create_subscription(Image, f"/camera/segmentation/{other}", lambda m: None, 10)
+        viewer.create_subscription(Image, camera_output_topic(0, other), lambda m: None, 10)
     stop = threading.Event()
 
     def spin() -> None:
@@ -108,28 +79,33 @@ def main() -> None:
     spinner.start()
     try:
         deadline = time.time() + 90
-        while (viewer.count_publishers(f"/camera/segmentation/{watch[0]}") == 0
+        while (viewer.count_publishers(camera_output_topic(0, watch[0])) == 0
                and time.time() < deadline):
             time.sleep(0.1)
-        time.sleep(3.0)
-        height, width = a.size.split("x")
-        subprocess.run([sys.executable, "-c", CAMERA, str(a.rate), str(a.frames), height, width],
-                       env=camera_env, check=True, timeout=300)
+        height, width = (int(n) for n in a.size.split("x"))
+        error = None
+        with tempfile.TemporaryDirectory(prefix="delivery-check-") as tmp:
+            try:
+                sent, _ = run_camera(Path(tmp), 1, (height, width), a.rate, 8.0,
+                                     a.frames / a.rate, watch[0], depth=10, env=camera_env)
+            except RuntimeError as e:  # e.g. no frame of the camera's ever answered
+                sent, error = {0: []}, str(e).splitlines()[-1]
+        time.sleep(5.0)  # answers still on their way
     finally:
         stop.set()
         spinner.join(2.0)
         node.stop()
-    measured = {k: v for k, v in answers.items() if k >= 0}
+    measured = {k: answers[k] for k in sent[0] if k in answers}
     latency = np.array([v[0] for v in measured.values()])
     times = sorted(v[1] for v in measured.values())
     rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
     print(json.dumps({
         "size": a.size, "rate_hz": a.rate, "watch": a.watch, "node_profile": bool(a.node_profile),
-        "camera_profile": bool(a.camera_profile), "sent": a.frames, "answered": len(measured),
+        "camera_profile": bool(a.camera_profile), "sent": len(sent[0]), "answered": len(measured),
         "within_200ms": int((latency < 200).sum()), "after_1s": int((latency > 1000).sum()),
         "latency_p50_ms": round(float(np.median(latency)), 1) if latency.size else None,
         "latency_max_ms": round(float(latency.max()), 1) if latency.size else None,
-        "answered_rate_hz": round(rate, 2)}))
+        "answered_rate_hz": round(rate, 2), **({"error": error} if error else {})}))
 
 
 if __name__ == "__main__":
