@@ -28,7 +28,7 @@ from mcap.records import Chunk, DataEnd, Footer
 from mcap.stream_reader import CRCValidationError, StreamReader, get_chunk_data_stream
 from mcap.writer import MCAP0_MAGIC, CompressionType
 from mcap.writer import Writer as _McapWriter
-from rosbags.interfaces import Connection, MessageDefinitionFormat
+from rosbags.interfaces import Connection, ConnectionExtRosbag2, MessageDefinitionFormat
 from rosbags.rosbag2 import StoragePlugin
 from rosbags.rosbag2 import Writer as _RosbagWriter
 from rosbags.rosbag2.enums import CompressionMode
@@ -63,8 +63,11 @@ class McapStorage:
 
     def add_connection(self, connection: Connection, offered_qos_profiles: str) -> None:
         # The channel metadata rosbag2's own mcap plugin writes.
+        ext = connection.ext
+        if not isinstance(ext, ConnectionExtRosbag2):  # only rosbag2 writers reach here
+            raise TypeError(f"connection {connection.topic}: not a rosbag2 connection")
         self._channels[connection.id] = self._writer.register_channel(
-            connection.topic, connection.ext.serialization_format,
+            connection.topic, ext.serialization_format,
             self._schemas[connection.msgtype],
             {"offered_qos_profiles": offered_qos_profiles,
              "topic_type_hash": connection.digest})

@@ -57,7 +57,7 @@ def pillow_decode(msg: Any, max_pixels: int) -> np.ndarray:
         if width * height > max_pixels:
             raise ValueError("too large")
         if im.mode not in ("L", "RGB", "RGBA"):
-            im = im.convert("RGB")
+            return np.asarray(im.convert("RGB"))
         return np.asarray(im)
 
 
