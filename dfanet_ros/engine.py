@@ -45,7 +45,8 @@ import torch.nn.functional as F
 
 from dfanet_model.checkpoint import ModelCard, load_model
 from dfanet_model.device import DeviceError, resolve_device
-from dfanet_model.fast import CudaGraph, Normalise, capture_cuda_graph, prepare_for_inference
+from dfanet_model.fast import CudaGraph, Normalise, capture_cuda_graph, prepare_top_class
+from dfanet_model.resources import checked_in_bf16
 
 from .encodings import ENCODING_CHANNELS, RGB_ORDER, YUV422_LAYOUT
 
@@ -164,13 +165,14 @@ class SegmentationEngine:
         self.model_size: tuple[int, int] = (
             tuple(self.card.input_size) if model_size is None else model_size)  # type: ignore
         self.use_cuda_graph = use_cuda_graph and self.device.type == "cuda"
-        # The network as the benchmarks run it: batch norm folded, fp16 on request, run by
-        # ``backend``.  Traced backends (onnxruntime) build once per network input shape, so
-        # the first frame of a new model size takes seconds on a small CPU.  Channels-last
-        # pays on the GPU's tensor cores; on the CPU the plain layout measured faster.
-        self.model = prepare_for_inference(model, self.device, half=fp16, backend=backend,
-                                           channels_last=self.device.type == "cuda")
-        self.backend = getattr(self.model, "backend", backend)
+        # The network and its top class as the benchmarks run them: batch norm folded, fp16
+        # on request, run by ``backend``.  The exported backends export once here (1-2 s) and
+        # compile per network input shape (0.1-0.9 s; ``warm_up`` does it ahead of frames).
+        # Channels-last pays on the GPU's tensor cores; on the CPU the plain layout measured
+        # faster.
+        self.model = prepare_top_class(model, self.device, half=fp16, backend=backend,
+                                       channels_last=self.device.type == "cuda",
+                                       bf16_checked=checked_in_bf16(checkpoint))
         self._normalise = Normalise(self.card.mean, self.card.std).to(self.device)
         self._palette = torch.tensor(self.card.class_colors, dtype=torch.uint8,
                                      device=self.device)
@@ -188,6 +190,11 @@ class SegmentationEngine:
     @property
     def num_classes(self) -> int:
         return self.card.num_classes
+
+    @property
+    def backend(self) -> str:
+        """How the network runs (``auto`` until it has measured, at the first frame)."""
+        return self.model.backend
 
     def run(self, image: np.ndarray, encoding: str = "rgb8",
             outputs: frozenset[str] = ALL_OUTPUTS, alpha: float = 0.5,
@@ -387,10 +394,11 @@ class SegmentationEngine:
             x = self._normalise(x, out=x)
         else:
             x = self._normalise(image, out=plan.norm)
-        small, probability = _top_class(self.model(x), MEAN_CONFIDENCE in outputs)
-        flat = small.reshape(-1)
+        labels, probabilities = self.model(x)
+        small, probability = labels[0], probabilities[0]
+        flat = small.reshape(-1).long()
         plan.dev_counts.zero_().index_add_(0, flat, plan.pixel_weight)
-        if probability is not None:
+        if MEAN_CONFIDENCE in outputs:
             # Weighted as class_fractions: each model pixel by the input pixels it stands for.
             torch.dot(probability.reshape(-1), plan.pixel_weight,
                       out=plan.dev_mean_confidence[0]).div_(plan.height * plan.width)
@@ -398,7 +406,7 @@ class SegmentationEngine:
                 byte = probability.mul_(255.0).round_().to(torch.uint8)
                 _upsample(byte, plan, plan.dev_confidence, plan.tmp_confidence)
         if "label" in outputs:
-            _upsample(small.to(torch.uint8), plan, plan.dev_label, plan.tmp_label)
+            _upsample(small, plan, plan.dev_label, plan.tmp_label)
         if "color" in outputs or "overlay" in outputs:
             colors = self._palette.index_select(0, flat).view(*plan.model_hw, 3)
             _upsample(colors, plan, plan.dev_color, plan.tmp_color)
@@ -455,36 +463,6 @@ def _as_hwc(image: np.ndarray, encoding: str) -> np.ndarray:
     if encoding in YUV422_LAYOUT and image.shape[1] % 2:
         raise ValueError(f"encoding {encoding} needs an even width, got {image.shape[1]}")
     return image
-
-
-def _top_class(logits: torch.Tensor, probability: bool
-               ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Class of each pixel of (1, C, h, w) logits as (h, w) int64 (first maximum on ties)
-    and, on request, its softmax probability as (h, w) float32 (1 / sum_c exp(logit_c - max)),
-    in float32 whatever the network's precision."""
-    planes = logits[0]
-    if logits.device.type != "cpu":
-        index = planes.argmax(dim=0)
-        if not probability:
-            return index, None
-        planes = planes.float()
-        return index, torch.exp(planes - planes.amax(dim=0)).sum(dim=0).reciprocal_()
-    # On the CPU argmax over the channel dimension walks memory C strides apart (50 ms at
-    # 360x480); a running maximum over contiguous channel planes is ~10x faster.  The
-    # probability reuses that maximum: 4 ms more at 360x480 with 11 classes, one thread.
-    best = planes[0].clone()
-    index = torch.zeros(best.shape, dtype=torch.int64)
-    for c in range(1, planes.shape[0]):
-        better = planes[c] > best
-        torch.maximum(best, planes[c], out=best)
-        index.masked_fill_(better, c)
-    if not probability:
-        return index, None
-    total = torch.zeros_like(best)
-    scratch = torch.empty_like(best)
-    for c in range(planes.shape[0]):
-        total.add_(torch.sub(planes[c], best, out=scratch).exp_())
-    return index, total.reciprocal_()
 
 
 def _nearest_index(size_out: int, size_in: int, device: torch.device) -> torch.Tensor:

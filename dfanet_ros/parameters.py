@@ -23,8 +23,9 @@ PARAMETERS: tuple[tuple[str, Any, str, tuple[float, float] | None, bool], ...] =
     ("device", "auto", "auto, cpu, cuda or cuda:N", None, False),
     ("fp16", False, "run the network in half precision (CUDA only)", None, False),
     ("use_cuda_graph", True, "capture the per-frame pipeline in a CUDA graph", None, False),
-    ("backend", "auto", "how the network runs: auto (fastest measured for the device), eager, "
-     "compile or onnxruntime (CPU)", None, False),
+    ("backend", "auto", "how the network runs: auto (on the CPU the fastest measured at the "
+     "first frame), eager, compile, onnxruntime, openvino or openvino-bf16 (CPU)", None,
+     False),
     ("cpu_threads", 0, "PyTorch CPU threads (0: PyTorch's default, all cores)", (0, 256),
      False),
     ("model_height", 0, "network input height: 0 = the checkpoint's training size, "
