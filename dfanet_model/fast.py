@@ -24,7 +24,8 @@ Backends (each one checked against the eager model by ``test/test_fast.py``):
 The exported backends run the inference form of the network (``inference_copy``): batch norm
 folded and each strided shortcut as a stride-2 1x1 convolution.  ``prepare_top_class`` adds
 the post-processing (``TopClass``: class ids and their softmax probability) after the
-network, in the exported backends as a second small graph of the same runtime.
+network: with OpenVINO as a second small graph, compiled in fp32 whatever the network's
+precision; with ONNX Runtime in torch (its reductions over the classes measured slower).
 
 Around the network: ``Normalise`` (the one normalisation), ``ImageToLabels`` and
 ``prepare_labels`` (uint8 image to labels) and ``capture_cuda_graph``.  The node's
@@ -304,7 +305,8 @@ def available_exported_backends(bf16_checked: bool = False) -> list[str]:
 
 class _Exported(nn.Module):
     """The network exported once to ONNX with free height and width, and for ``head`` the
-    ``TopClass`` graph after it; both compiled per input shape by the backend's runtime.
+    ``TopClass`` graph after it (OpenVINO; ONNX Runtime runs ``TopClass`` in torch), compiled
+    per input shape by the backend's runtime.
 
     ``backend`` ``auto`` measures the installed candidates at the first input shape
     (``AUTO_FRAMES`` each, after one untimed call) and keeps the fastest for every later shape,
@@ -321,7 +323,8 @@ class _Exported(nn.Module):
         self.timings_ms: dict[str, float] = {}  # what ``auto`` measured, by backend
         example = torch.zeros(1, 3, 64, 64)
         self._network = _onnx_bytes(model, example, ["logits"], dynamic=True)
-        self._head = (_onnx_bytes(TopClass(num_classes).eval(),
+        self._top_class = TopClass(num_classes).eval()
+        self._head = (_onnx_bytes(self._top_class,
                                   torch.zeros(1, num_classes, 64, 64), ["labels", "probability"],
                                   dynamic=True) if head else None)
         self._cache: dict[tuple[int, ...], Callable[[torch.Tensor], Any]] = {}
@@ -340,14 +343,13 @@ class _Exported(nn.Module):
     def _build(self, backend: str, shape: tuple[int, ...]) -> Callable[[torch.Tensor], Any]:
         if backend == "onnxruntime":
             network = _ort_session(self._network, shape)
-            head = _ort_session(self._head, shape) if self._head else None
+            # The post-processing in torch: ONNX Runtime ran the TopClass graph ~10 ms slower
+            # than torch's running maximum at 360x480 (one thread, BENCHMARKS.md).
+            head = self._top_class if self._head else None
 
             def run_ort(x: torch.Tensor) -> Any:
-                logits = network.run(None, {"input": x.numpy()})[0]
-                if head is None:
-                    return torch.from_numpy(logits)
-                labels, probability = head.run(None, {"input": logits})
-                return torch.from_numpy(labels), torch.from_numpy(probability)
+                logits = torch.from_numpy(network.run(None, {"input": x.numpy()})[0])
+                return logits if head is None else head(logits)
             return run_ort
         request = _ov_request(self._network, shape, bf16=backend == "openvino-bf16")
         # The post-processing in fp32 whatever the network's precision: in bf16 its
@@ -526,9 +528,9 @@ def prepare_labels(model: nn.Module, mean: Sequence[float], std: Sequence[float]
                    device: torch.device | str = "cpu", half: bool = False,
                    channels_last: bool = True, backend: str = "auto") -> nn.Module:
     """``prepare_top_class`` behind the normalisation: the whole uint8-image-to-labels path
-    (``ImageToLabels``), the class computed by ``TopClass`` (in the exported backends, a graph
-    of their runtime: torch's argmax over the classes of an NCHW tensor is several times
-    slower on the CPU, BENCHMARKS.md)."""
+    (``ImageToLabels``), the class computed by ``TopClass`` (OpenVINO: in a graph of its own;
+    torch's argmax over the classes of an NCHW tensor is several times slower on the CPU,
+    BENCHMARKS.md)."""
     prepared = prepare_top_class(model, device, half, channels_last, backend)
     dtype = torch.float16 if half else torch.float32
     return ImageToLabels(prepared, mean, std, dtype, top_class=True).to(device).eval()
