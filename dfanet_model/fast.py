@@ -27,10 +27,10 @@ the post-processing (``TopClass``: class ids and their softmax probability) afte
 network: with OpenVINO as a second small graph, compiled in fp32 whatever the network's
 precision; with ONNX Runtime in torch (its reductions over the classes measured slower).
 
-Around the network: ``Normalise`` (the one normalisation), ``ImageToLabels`` and
-``prepare_labels`` (uint8 image to labels) and ``capture_cuda_graph``.  The node's
-segmentation engine is built from these same parts, so what the benchmarks time is what the
-node runs.
+Around the network: ``Normalise`` (the one normalisation, from ``preprocess``),
+``ImageToLabels`` and ``prepare_labels`` (uint8 image to labels) and
+``capture_cuda_graph``.  The node's segmentation engine is built from these same parts, so
+what the benchmarks time is what the node runs.
 """
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from .network import ProjectionShortcut
+from .preprocess import Normalise
 
 BACKENDS = ("auto", "eager", "compile", "onnxruntime", "openvino", "openvino-bf16",
             "onnxruntime-logits")
@@ -468,28 +469,6 @@ def _prepare(model: nn.Module, device: torch.device | str, half: bool, channels_
     if head:
         inner = nn.Sequential(inner, TopClass(num_classes).to(device))
     return _Prepared(inner, dtype, channels_last, backend, num_classes).eval()
-
-
-class Normalise(nn.Module):
-    """Float RGB images (N, 3, H, W) in 0..255 -> ``(x / 255 - mean) / std`` per channel.
-
-    One multiply and one add in float32: every inference path (``ImageToLabels``, the
-    segmentation engine, the benchmarks) normalises here.
-    """
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        # The constants in float32 arithmetic too, as the node's engine has always computed
-        # them: rounding them otherwise moves a few near-tie pixels of its label maps.
-        mean_t = torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1)
-        std_t = torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1)
-        # (x / 255 - mean) / std == x * scale + shift
-        self.register_buffer("scale", 1.0 / (255.0 * std_t), persistent=False)
-        self.register_buffer("shift", -mean_t / std_t, persistent=False)
-
-    def forward(self, image: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """``out`` (may be ``image`` itself) receives the result instead of a new tensor."""
-        return torch.mul(image, self.scale, out=out).add_(self.shift)
 
 
 class ImageToLabels(nn.Module):

@@ -3,7 +3,8 @@
 Imports no rclpy: the node adapts ROS messages to it, the bag evaluation and the benchmarks
 call it directly.  One pipeline serves every device::
 
-    uint8 HWC frame -> RGB float -> resize to the model size -> normalise (card mean/std)
+    uint8 HWC frame -> RGB float -> resize to the model size -> normalise (the card's
+    preprocessing and resize rule, ``dfanet_model.preprocess``)
     -> DFANet -> argmax -> label / colour mask resized back (nearest) -> alpha-blended overlay
                        -> top-class softmax probability -> confidence map (nearest) and mean
 
@@ -26,9 +27,10 @@ synchronisation.  The CUDA-only code is ``_capture`` and the pinned/upload/downl
 everything else runs, and is tested, on the CPU.
 
 The inference parts are the library's (``dfanet_model.fast``), the ones its benchmarks time:
-``Normalise``, ``prepare_for_inference`` (batch norm folded, fp16, backend) and
-``capture_cuda_graph``.  The engine adds what a camera frame needs around them: encodings,
-resizing, plans, the top class and its probability, colours and the overlay.
+the card's ``Preprocessing``, ``prepare_top_class`` (batch norm folded, fp16, backend, the
+top class) and ``capture_cuda_graph``.  The engine adds what a camera frame needs around
+them: encodings, resizing, plans, the class fractions and mean confidence, colours and the
+overlay.
 """
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ import torch.nn.functional as F
 
 from dfanet_model.checkpoint import ModelCard, load_model
 from dfanet_model.device import DeviceError, resolve_device
-from dfanet_model.fast import CudaGraph, Normalise, capture_cuda_graph, prepare_top_class
+from dfanet_model.fast import CudaGraph, capture_cuda_graph, prepare_top_class
+from dfanet_model.preprocess import resize_image
 from dfanet_model.resources import checked_in_bf16
 
 from .encodings import ENCODING_CHANNELS, RGB_ORDER, YUV422_LAYOUT
@@ -173,7 +176,8 @@ class SegmentationEngine:
         self.model = prepare_top_class(model, self.device, half=fp16, backend=backend,
                                        channels_last=self.device.type == "cuda",
                                        bf16_checked=checked_in_bf16(checkpoint))
-        self._normalise = Normalise(self.card.mean, self.card.std).to(self.device)
+        # The card's preprocessing and resize rule, as predict and dfanet eval apply them.
+        self._normalise = self.card.preprocessing().normaliser().to(self.device)
         self._palette = torch.tensor(self.card.class_colors, dtype=torch.uint8,
                                      device=self.device)
         self._plans: OrderedDict[tuple[int, int, str], _Plan] = OrderedDict()
@@ -390,7 +394,7 @@ class SegmentationEngine:
         # faster on the CPU than on planar copies, and the GPU's convolutions prefer it too.
         image = plan.rgb.permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W) view
         if plan.norm is None:
-            x = F.interpolate(image, size=plan.model_hw, mode="bilinear", align_corners=False)
+            x = resize_image(image, plan.model_hw)
             x = self._normalise(x, out=x)
         else:
             x = self._normalise(image, out=plan.norm)

@@ -21,7 +21,7 @@ def score(root, split, per_frame=False):
     data = open_split("camvid", root, split)
     with torch.no_grad():
         return evaluate(model, split_batches(data, torch.device("cpu"), 8), card.num_classes,
-                        data.table.ignore_index, card.mean, card.std, names=data.names,
+                        data.table.ignore_index, card.preprocessing(), names=data.names,
                         per_frame=per_frame)
 
 
