@@ -135,3 +135,11 @@ class NodeParameters:
     def publishes(self, output: str) -> bool:
         """The ``publish_<output>`` switch."""
         return bool(getattr(self, f"publish_{output}"))
+
+
+def model_size_parameters(size: tuple[int, int] | None) -> dict[str, int]:
+    """``model_height`` and ``model_width`` for a model size as the engine, the benchmarks and
+    ``dfanet eval`` spell it (``dfanet_model.args.parse_model_size``): the inverse of
+    ``NodeParameters.model_size``."""
+    h, w = (0, 0) if size is None else (-1, -1) if tuple(size) == (0, 0) else size
+    return {"model_height": int(h), "model_width": int(w)}
