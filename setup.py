@@ -19,7 +19,7 @@ setup(
     install_requires=["numpy", "pyyaml", "pillow", "safetensors", "torch>=2.4"],
     extras_require={
         "ros": ["rosbags", "mcap", "opencv-python-headless"],
-        "export": ["onnx", "onnxruntime", "onnxscript"],
+        "export": ["onnx", "onnxruntime", "onnxscript", "openvino"],
         "test": ["pytest", "hypothesis"],
     },
     entry_points={

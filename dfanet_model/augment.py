@@ -17,13 +17,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-
-def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 (N, H, W, 3) RGB -> float32 (N, 3, H, W), (x / 255 - mean) / std."""
-    x = images.permute(0, 3, 1, 2).float().div_(255.0)
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return x.sub_(m).div_(s)
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 
 def jitter_colors(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
@@ -59,8 +53,8 @@ class BatchAugment:
     """flip / scale / crop / normalise a batch of uint8 frames into a training batch."""
 
     def __init__(self, crop_size: Sequence[int], scale_range: Sequence[float] = (0.75, 1.75),
-                 hflip: bool = True, mean: Sequence[float] = (0.485, 0.456, 0.406),
-                 std: Sequence[float] = (0.229, 0.224, 0.225), ignore_index: int = 255,
+                 hflip: bool = True, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, ignore_index: int = 255,
                  color_jitter: float = 0.0) -> None:
         if len(crop_size) != 2 or min(crop_size) < 1:
             raise ValueError(f"crop_size must be [height, width], got {list(crop_size)}")

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .network import VARIANTS, DFANet, build_dfanet
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .version import __version__
 
 FORMAT_VERSION = 1
@@ -233,8 +234,8 @@ class ModelCard:
     class_names: list[str]
     class_colors: list[list[int]]  # RGB, one triple per class
     ignore_index: int = 255
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # RGB in [0, 1]
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))  # RGB in [0, 1]
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     input_size: list[int] = field(default_factory=lambda: [360, 480])  # trained at (h, w)
     dataset: str = ""
     # {"val": {"miou": .., "iou": [..], "pixel_acc": ..}, "test": {...}}
@@ -245,6 +246,10 @@ class ModelCard:
 
     def __post_init__(self) -> None:
         validate_card(dataclasses.asdict(self))
+
+    def preprocessing(self) -> Preprocessing:
+        """What every path does to a frame before these weights (``preprocess``)."""
+        return Preprocessing.from_card(self)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -1,7 +1,8 @@
 """Evaluation: confusion-matrix mIoU, per-class IoU and pixel accuracy; ``dfanet eval``.
 
-``predict`` turns uint8 frames into label maps at the frames' own size (inference may run at
-another size: the logits are resized to the label size, never the labels to the logits), and
+``predict`` turns uint8 frames into label maps at the frames' own size with the card's one
+preprocessing and resize rule (``preprocess``: the frame resized bilinearly to the network's
+size, the class map resized back by nearest neighbour, as the node's engine does), and
 ``evaluate`` accumulates them into the project's one ``ConfusionMatrix``.  Both take plain
 tensors, so training, ``dfanet eval`` and the rosbag evaluation share them.
 """
@@ -18,13 +19,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .args import parse_size
-from .augment import normalize
+from .args import MODEL_SIZE_HELP, describe_model_size, model_size, parse_model_size
 from .metrics import ConfusionMatrix, SegmentationScores, format_percent, json_safe
 from .plot import prediction_grid
+from .preprocess import Preprocessing, resize_labels
 
 
 def effective_precision(device: torch.device, precision: str = "fp32") -> str:
@@ -43,29 +43,26 @@ def autocast(device: torch.device, precision: str = "fp32") -> contextlib.Abstra
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, mean: Sequence[float],
-                   std: Sequence[float], size: Sequence[int] | None = None,
-                   precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
-    """Float logits (N, C, H, W) at the frames' size for uint8 frames (N, H, W, 3)."""
-    x = normalize(images, mean, std)
-    frame_size = x.shape[-2:]
-    if size is not None and tuple(size) != tuple(frame_size):
-        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+def predict_logits(model: nn.Module, images: torch.Tensor, preprocessing: Preprocessing,
+                   size: Sequence[int] | None = None, precision: str = "fp32",
+                   channels_last: bool = False) -> torch.Tensor:
+    """Float logits (N, C, h, w) at the network's input ``size`` (None: the frames' own) for
+    uint8 frames (N, H, W, 3)."""
+    x = preprocessing(images, size)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast(x.device, precision):
         logits = model(x)
-    logits = logits.float()
-    if logits.shape[-2:] != frame_size:
-        logits = F.interpolate(logits, size=frame_size, mode="bilinear", align_corners=False)
-    return logits
+    return logits.float()
 
 
-def predict(model: nn.Module, images: torch.Tensor, mean: Sequence[float],
-            std: Sequence[float], size: Sequence[int] | None = None, precision: str = "fp32",
+def predict(model: nn.Module, images: torch.Tensor, preprocessing: Preprocessing,
+            size: Sequence[int] | None = None, precision: str = "fp32",
             channels_last: bool = False) -> torch.Tensor:
     """Label maps (N, H, W) int64 at the frames' size for uint8 frames (N, H, W, 3)."""
-    return predict_logits(model, images, mean, std, size, precision, channels_last).argmax(1)
+    labels = predict_logits(model, images, preprocessing, size, precision,
+                            channels_last).argmax(1)
+    return resize_labels(labels, images.shape[1:3])
 
 
 @dataclass
@@ -84,7 +81,7 @@ class EvalResult:
 
 
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-             num_classes: int, ignore_index: int, mean: Sequence[float], std: Sequence[float],
+             num_classes: int, ignore_index: int, preprocessing: Preprocessing,
              size: Sequence[int] | None = None, precision: str = "fp32",
              channels_last: bool = False, names: Sequence[str] | None = None,
              per_frame: bool = False, reduce: Any = None) -> EvalResult:
@@ -101,7 +98,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     start = time.perf_counter()
     try:
         for images, labels in batches:
-            pred = predict(model, images, mean, std, size, precision, channels_last)
+            pred = predict(model, images, preprocessing, size, precision, channels_last)
             total.update(labels, pred)
             if per_frame:
                 for label, p in zip(labels, pred, strict=True):
@@ -148,9 +145,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="split to score (default: test)")
     parser.add_argument("--dataset", choices=("camvid", "cityscapes"),
                         help="dataset layout (default: the one the checkpoint was trained on)")
-    parser.add_argument("--size", type=parse_size,
-                        help="inference HEIGHTxWIDTH (default: each frame's own size); logits "
-                             "are resized back to the label size")
+    parser.add_argument("--size", "--model-size", dest="size", type=parse_model_size,
+                        default=None, help=MODEL_SIZE_HELP + "; the class map is resized back "
+                        "to the label size by nearest neighbour, as the node does")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
@@ -184,16 +181,17 @@ def run(args: argparse.Namespace) -> int:
         # Frames are decoded batch by batch: a large split never has to fit in memory.
         split = open_split(dataset, args.data, args.split)
         h, w = split.frame_size()
-        size = args.size or (h, w)
+        size = model_size(args.size, card.input_size, (h, w))
         result = evaluate(model, split_batches(split, device, args.batch_size),
-                          card.num_classes, split.table.ignore_index, card.mean, card.std,
-                          size=args.size, precision=args.precision, names=split.names,
+                          card.num_classes, split.table.ignore_index, card.preprocessing(),
+                          size=size, precision=args.precision, names=split.names,
                           per_frame=args.per_frame is not None)
     except (CheckpointError, DataError, DeviceError) as e:
         print(f"dfanet eval: {e}", file=sys.stderr)
         return 1
     title = (f"DFANet {card.variant} ({args.checkpoint}) on {dataset} {args.split}: "
-             f"{len(split)} frames {h}x{w}, inference at {size[0]}x{size[1]}, "
+             f"{len(split)} frames {h}x{w}, inference at {size[0]}x{size[1]} "
+             f"({describe_model_size(args.size)}), "
              f"{len(split) / result.seconds:.1f} frames/s on {device}")
     print(format_scores(result.scores, card.class_names, title))
     summary = dict(result.as_dict(card.class_names), checkpoint=str(args.checkpoint),
@@ -211,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
         picks = np.linspace(0, len(split) - 1, max(1, args.grid_frames)).round().astype(int)
         images, labels = split.decode(picks.tolist())
         with torch.no_grad():
-            preds = predict(model, images.to(device), card.mean, card.std, size=args.size,
+            preds = predict(model, images.to(device), card.preprocessing(), size=size,
                             precision=args.precision)
         prediction_grid(images.numpy(), labels.numpy(), preds.cpu().numpy(),
                         card.class_colors, split.table.ignore_index,

@@ -1,8 +1,10 @@
 """``dfanet export``: TorchScript and ONNX graphs of a checkpoint, each checked after writing.
 
-The exported graph takes a normalised float image batch (N, 3, H, W) (``(x / 255 - mean) /
-std`` with the card's mean and std) and returns logits (N, C, H, W) or, with ``--labels``,
-uint8 label maps (N, H, W): a thin wrapper adds the argmax, the weights stay as trained.  Any
+The exported graph takes a normalised float image batch (N, 3, H, W) (the card's
+preprocessing, ``dfanet_model.preprocess``) and returns logits (N, C, H, W) or, with
+``--labels``, uint8 label maps (N, H, W): a thin wrapper adds the argmax.  The network is the
+inference copy the CPU backends run (``fast.inference_copy``: batch norm folded, each strided
+shortcut one stride-2 1x1 convolution), so the file runs as fast as they do.  Any
 H and W work (batch, height and width are dynamic axes of the ONNX graph).  After writing, the
 file is loaded back (``torch.jit.load``; onnxruntime on the CPU) and compared with PyTorch at
 two sizes; the command fails if they disagree.
@@ -26,6 +28,7 @@ from torch import nn
 
 from .args import parse_size
 from .checkpoint import METADATA_KEY, CheckpointError, ModelCard, load_model
+from .fast import inference_copy
 
 LOGIT_TOLERANCE = 1e-3  # largest accepted |exported - PyTorch| of a logit
 
@@ -155,7 +158,7 @@ def export(checkpoint: str | Path, fmt: str, out: Path | None = None, labels: bo
                                          + suffix)
     out.parent.mkdir(parents=True, exist_ok=True)
     sizes = [tuple(s) for s in (sizes or default_check_sizes(card.input_size))]
-    wrapper = SegmentationExport(model, labels).eval()
+    wrapper = SegmentationExport(inference_copy(model), labels).eval()
     example = torch.zeros(1, 3, *sizes[0])
     with torch.no_grad():
         if fmt == "torchscript":

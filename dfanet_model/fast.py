@@ -7,36 +7,60 @@ normalised image in, logits at the input's height and width out (in fp16 when ``
 
 Backends (each one checked against the eager model by ``test/test_fast.py``):
 
-* ``eager``        the folded module itself (channels-last where asked).
-* ``compile``      ``torch.compile`` (Inductor); recompiles when the input shape changes.
-* ``onnxruntime``  an ONNX Runtime CPU session per input shape (an export fixes the
-                   shape-dependent resizes), graph optimisation level ALL.
-* ``auto``         the backend measured fastest on that kind of device (``AUTO_BACKEND``;
-                   figures in BENCHMARKS.md).
+* ``eager``          the folded module itself (channels-last where asked).
+* ``compile``        ``torch.compile`` (Inductor); recompiles when the input shape changes.
+* ``onnxruntime``    the network exported once to ONNX (height and width dynamic), an ONNX
+                     Runtime CPU session per input shape (graph optimisation level ALL).
+* ``openvino``       the same ONNX graph compiled by OpenVINO for the CPU per input shape, fp32.
+* ``openvino-bf16``  OpenVINO with its bf16 inference precision hint: reduced precision, so
+                     opt-in, or chosen by ``auto`` only for weights checked in bf16
+                     (``bf16_checked``; the shipped model, see its card).
+* ``onnxruntime-logits``  the path before OpenVINO: a static ONNX export per input shape with
+                     the shortcut's slice, the top class computed in torch afterwards; kept as
+                     the benchmarks' contender.
+* ``auto``           on the CPU the fastest of the exported backends, measured on this machine
+                     at the first input shape (``measure_backends``); on CUDA ``eager``.
 
-Around the network: ``Normalise`` (the one normalisation), ``ImageToLabels`` and
-``prepare_labels`` (uint8 image to labels) and ``capture_cuda_graph``.  The node's
-segmentation engine is built from these same parts, so what the benchmarks time is what the
-node runs.
+The exported backends run the inference form of the network (``inference_copy``): batch norm
+folded and each strided shortcut as a stride-2 1x1 convolution.  ``prepare_top_class`` adds
+the post-processing (``TopClass``: class ids and their softmax probability) after the
+network: with OpenVINO as a second small graph, compiled in fp32 whatever the network's
+precision; with ONNX Runtime in torch (its reductions over the classes measured slower).
+
+Around the network: ``Normalise`` (the one normalisation, from ``preprocess``),
+``ImageToLabels`` and ``prepare_labels`` (uint8 image to labels) and
+``capture_cuda_graph``.  The node's segmentation engine is built from these same parts, so
+what the benchmarks time is what the node runs.
 """
 from __future__ import annotations
 
 import copy
 import importlib.util
 import io
+import time
 import warnings
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
 import torch
 from torch import nn
 
-BACKENDS = ("auto", "eager", "compile", "onnxruntime")
+from .network import ProjectionShortcut
+from .preprocess import Normalise
 
-# CPU: measured side by side (BENCHMARKS.md): ONNX Runtime 2.2-2.8x eager on one thread,
-# 4.2-4.8x on two, torch.compile 1.45x, the folded eager module 1.2-1.3x.  CUDA: not measured
-# yet; the eager backend in fp16 under a CUDA graph (the engine's default) is the safe choice
-# until scripts/bench/gpu_bench.sh has compared it with torch.compile.
-AUTO_BACKEND = {"cpu": "onnxruntime", "cuda": "eager"}
+BACKENDS = ("auto", "eager", "compile", "onnxruntime", "openvino", "openvino-bf16",
+            "onnxruntime-logits")
+# Run from one ONNX export of the network; CPU only.
+EXPORTED_BACKENDS = ("onnxruntime", "openvino", "openvino-bf16")
+
+# CPU: ``auto`` measures the exported backends at the first input shape and keeps the fastest
+# (BENCHMARKS.md: OpenVINO fp32 1.2-1.4x ONNX Runtime, both 2.2-3x eager, torch.compile 1.45x,
+# the folded eager module 1.2-1.3x).  CUDA: not measured yet; the eager backend in fp16 under
+# a CUDA graph (the engine's default) is the safe choice until scripts/bench/gpu_bench.sh has
+# compared it with torch.compile.
+AUTO_BACKEND = {"cpu": "auto", "cuda": "eager"}
+# Interleaved rounds ``auto`` times its candidates over (after two untimed calls each): with
+# 3 calls each in a row it once kept OpenVINO fp32 where bf16 was 1.2x faster (load 4.5).
+AUTO_ROUNDS = 7
 
 _T = TypeVar("_T")
 
@@ -120,8 +144,14 @@ class _Prepared(nn.Module):
         self.inner = inner
         self.dtype = dtype
         self.channels_last = channels_last
-        self.backend = backend
+        self._backend = backend
         self.num_classes = num_classes
+
+    @property
+    def backend(self) -> str:
+        """The backend that runs (``auto``'s choice once it has measured)."""
+        chosen = getattr(self.inner, "backend", self._backend)
+        return chosen if isinstance(chosen, str) else self._backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
@@ -136,89 +166,314 @@ class _Prepared(nn.Module):
         return f"backend={self.backend}, dtype={self.dtype}, channels_last={self.channels_last}"
 
 
-def _ort_build(model: nn.Module, x: torch.Tensor) -> Callable:
-    import onnxruntime as ort
+def inference_copy(model: nn.Module) -> nn.Module:
+    """``fold_batch_norms(model)`` with each strided projection shortcut as one 1x1 convolution
+    of that stride (same weights, same output: a 1x1 kernel without padding reads every s-th
+    pixel, as the slice does).
 
-    if x.device.type != "cpu":
-        raise ValueError("the onnxruntime backend runs on the CPU only")
+    The network slices because a oneDNN fault corrupts the heap in the *weight gradient* of
+    such a convolution (``network.ProjectionShortcut``); inference never computes it.  In the
+    ONNX graph the slice cost 8% of the frame and the strided convolution gained 1.09-1.11x
+    with a max logit difference of 0.0 (BENCHMARKS.md).
+    """
+    folded = fold_batch_norms(model)
+    for module in folded.modules():
+        if isinstance(module, ProjectionShortcut) and module.stride > 1:
+            module.conv.stride = (module.stride, module.stride)
+            module.stride = 1
+    return folded
+
+
+class TopClass(nn.Module):
+    """Logits (N, C, H, W) -> the class of each pixel as (N, H, W) uint8 (the first maximum on
+    ties) and its softmax probability as (N, H, W) float32, ``1 / sum_c exp(logit_c - max)``,
+    in float32 whatever the logits' precision.
+
+    The same arithmetic three ways: traced into a graph (an exported backend's post-processing)
+    as elementwise operations and reductions, which OpenVINO fuses; on the CPU in torch as a
+    running maximum over contiguous class planes (``argmax(dim=1)`` walks memory C strides
+    apart: 50 ms at 360x480 against ~5); elsewhere as ``argmax``.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        if not 1 <= num_classes <= 255:
+            raise ValueError(f"{num_classes} classes do not fit a uint8 label map")
+        self.num_classes = num_classes
+        self.register_buffer("classes", torch.arange(num_classes, dtype=torch.float32)
+                             .view(1, num_classes, 1, 1), persistent=False)
+
+    def forward(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = logits.float()
+        tracing = torch.jit.is_tracing()
+        if logits.device.type == "cpu" and not tracing:
+            return self._planes(logits)
+        best = logits.amax(dim=1, keepdim=True)
+        probability = torch.exp(logits - best).sum(dim=1).reciprocal()
+        if tracing:
+            # ArgMax becomes OpenVINO's TopK: 6 ms at 360x480 where this takes under 1.
+            first = torch.where(logits == best, self.classes, float(self.num_classes))
+            return first.amin(dim=1).to(torch.uint8), probability
+        return logits.argmax(dim=1).to(torch.uint8), probability
+
+    @staticmethod
+    def _planes(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        labels, probabilities = [], []
+        for planes in logits:
+            best = planes[0].clone()
+            index = torch.zeros(best.shape, dtype=torch.uint8)
+            for c in range(1, planes.shape[0]):
+                better = planes[c] > best
+                torch.maximum(best, planes[c], out=best)
+                index.masked_fill_(better, c)
+            total = torch.zeros_like(best)
+            scratch = torch.empty_like(best)
+            for c in range(planes.shape[0]):
+                total.add_(torch.sub(planes[c], best, out=scratch).exp_())
+            labels.append(index)
+            probabilities.append(total.reciprocal_())
+        return torch.stack(labels), torch.stack(probabilities)
+
+
+def _onnx_bytes(module: nn.Module, example: torch.Tensor, outputs: Sequence[str],
+                dynamic: bool) -> bytes:
+    """``module`` exported to ONNX (opset 17) in memory; ``dynamic``: batch, height and width
+    free (so named), so one export serves every input shape."""
     buffer = io.BytesIO()
-    # The TorchScript exporter takes ~4 s here against ~10 s for dynamo=True, with equal
-    # graphs.  Its warnings say that the trace fixes shape-dependent branches: hence one
-    # session per input shape.
+    axes = {"input": {0: "batch", 2: "height", 3: "width"}} if dynamic else None
+    # The TorchScript exporter takes ~2 s here against ~10 s for dynamo=True, with equal
+    # graphs.  Its warnings say that the trace fixes shape-dependent branches: the network's
+    # resizes take their sizes from tensors (``network._resize``), which the trace keeps.
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x.contiguous(),), buffer, input_names=["image"],
-                          output_names=["output"], dynamo=False, opset_version=17)
+        torch.onnx.export(module, (example.contiguous(),), buffer, input_names=["input"],
+                          output_names=list(outputs), dynamic_axes=axes, dynamo=False,
+                          opset_version=17)
+    return buffer.getvalue()
+
+
+def _ort_session(graph: bytes, shape: Sequence[int] | None = None) -> Any:
+    """An ONNX Runtime CPU session of ``graph`` on torch's thread count; ``shape``: the
+    (batch, channels, height, width) its free dimensions are fixed to, so that it plans for
+    that shape."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-
-    def run(inp: torch.Tensor) -> torch.Tensor:
-        out = session.run(None, {"image": inp.contiguous().numpy()})[0]
-        return torch.from_numpy(out)
-
-    return run
+    if shape is not None:
+        for name, size in zip(("batch", "height", "width"), (shape[0], *shape[2:]),
+                              strict=True):
+            options.add_free_dimension_override_by_name(name, int(size))
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
-def prepare_for_inference(model: nn.Module, device: torch.device | str = "cpu",
-                          half: bool = False, channels_last: bool = True,
-                          backend: str = "auto", compile_mode: str | None = None) -> nn.Module:
-    """An eval-mode inference copy of ``model`` (BN folded) on ``device``; ``model`` untouched.
+def _ov_request(graph: bytes, shape: Sequence[int], bf16: bool) -> Any:
+    """An OpenVINO CPU infer request of ``graph`` compiled for input ``shape`` (N, C, H, W),
+    fp32 or with the bf16 precision hint, on torch's thread count, one stream (latency)."""
+    import openvino as ov
 
-    ``half`` runs in fp16 (CUDA only).  ``backend`` is one of ``BACKENDS``; ``auto`` takes the
-    one measured fastest for the device type.  ``compile_mode`` is passed to ``torch.compile``
-    (backend "compile" only; None is its default mode).
+    core = ov.Core()
+    model = core.read_model(graph)
+    model.reshape({0: list(shape)})
+    config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "NUM_STREAMS": 1,
+              "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16" if bf16
+              else "f32"}
+    return core.compile_model(model, "CPU", config).create_infer_request()
+
+
+def cpu_has_native_bf16() -> bool:
+    """OpenVINO reports bf16 among the CPU's capabilities (AVX-512 BF16 or AMX)."""
+    if importlib.util.find_spec("openvino") is None:
+        return False
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def available_exported_backends(bf16_checked: bool = False) -> list[str]:
+    """The exported backends installed here (``openvino-bf16`` only with native bf16 and
+    ``bf16_checked`` weights): the candidates ``auto`` measures on the CPU."""
+    found = []
+    if importlib.util.find_spec("onnxruntime") is not None:
+        found.append("onnxruntime")
+    if importlib.util.find_spec("openvino") is not None:
+        found.append("openvino")
+        if bf16_checked and cpu_has_native_bf16():
+            found.append("openvino-bf16")
+    return found
+
+
+class _Exported(nn.Module):
+    """The network exported once to ONNX with free height and width, and for ``head`` the
+    ``TopClass`` graph after it (OpenVINO; ONNX Runtime runs ``TopClass`` in torch), compiled
+    per input shape by the backend's runtime.
+
+    ``backend`` ``auto`` measures the installed candidates at the first input shape
+    (``AUTO_ROUNDS`` interleaved rounds) and keeps the fastest for every later shape,
+    so a new shape costs one compilation (0.1-0.9 s) and never another export.
     """
-    device = torch.device(device)
+
+    def __init__(self, model: nn.Module, backend: str, head: bool, num_classes: int,
+                 bf16_checked: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.backend = backend
+        self.head = head
+        self.bf16_checked = bf16_checked
+        self.timings_ms: dict[str, float] = {}  # what ``auto`` measured, by backend
+        example = torch.zeros(1, 3, 64, 64)
+        self._network = _onnx_bytes(model, example, ["logits"], dynamic=True)
+        self._top_class = TopClass(num_classes).eval()
+        self._head = (_onnx_bytes(self._top_class,
+                                  torch.zeros(1, num_classes, 64, 64), ["labels", "probability"],
+                                  dynamic=True) if head else None)
+        self._cache: dict[tuple[int, ...], Callable[[torch.Tensor], Any]] = {}
+
+    def forward(self, x: torch.Tensor) -> Any:
+        if x.device.type != "cpu":
+            raise ValueError(f"the {self.backend} backend runs on the CPU only, got {x.device}")
+        shape = tuple(x.shape)
+        run = self._cache.get(shape)
+        if run is None:
+            if self.backend == "auto":
+                self.backend = self._measure(x)
+            run = self._cache[shape] = self._build(self.backend, shape)
+        return run(x.contiguous())
+
+    def _build(self, backend: str, shape: tuple[int, ...]) -> Callable[[torch.Tensor], Any]:
+        if backend == "onnxruntime":
+            network = _ort_session(self._network, shape)
+            # The post-processing in torch: ONNX Runtime ran the TopClass graph ~10 ms slower
+            # than torch's running maximum at 360x480 (one thread, BENCHMARKS.md).
+            head = self._top_class if self._head else None
+
+            def run_ort(x: torch.Tensor) -> Any:
+                logits = torch.from_numpy(network.run(None, {"input": x.numpy()})[0])
+                return logits if head is None else head(logits)
+            return run_ort
+        request = _ov_request(self._network, shape, bf16=backend == "openvino-bf16")
+        # The post-processing in fp32 whatever the network's precision: in bf16 its
+        # reductions fall back to slow layouts (25 ms instead of 1) and round the probability.
+        post = _ov_request(self._head, (shape[0], -1, *shape[2:]), bf16=False) \
+            if self._head else None
+
+        def run_ov(x: torch.Tensor) -> Any:
+            request.infer({0: x.numpy()}, share_inputs=True)
+            logits = request.get_output_tensor(0)
+            if post is None:
+                return torch.from_numpy(logits.data.copy())
+            post.set_input_tensor(logits)  # no copy: the network's output buffer
+            post.infer()
+            return (torch.from_numpy(post.get_output_tensor(0).data.copy()),
+                    torch.from_numpy(post.get_output_tensor(1).data.copy()))
+        return run_ov
+
+    def _measure(self, x: torch.Tensor) -> str:
+        """The fastest installed exported backend on ``x``: each built and called twice, then
+        ``AUTO_ROUNDS`` interleaved rounds (load from other processes falls on all alike), the
+        lowest median wins."""
+        candidates = available_exported_backends(self.bf16_checked)
+        if not candidates:
+            raise ValueError("backend auto on the CPU needs onnxruntime or openvino installed")
+        x = x.contiguous()
+        runs = {name: self._build(name, tuple(x.shape)) for name in candidates}
+        for run in runs.values():
+            run(x)
+            run(x)
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(AUTO_ROUNDS):
+            for name, run in runs.items():
+                start = time.perf_counter()
+                run(x)
+                times[name].append(time.perf_counter() - start)
+        self.timings_ms = {name: sorted(t)[len(t) // 2] * 1e3 for name, t in times.items()}
+        return min(self.timings_ms, key=self.timings_ms.__getitem__)
+
+    def extra_repr(self) -> str:
+        return f"backend={self.backend}, head={self.head}, shapes={list(self._cache)}"
+
+
+def _legacy_ort_build(model: nn.Module, x: torch.Tensor) -> Callable:
+    """``onnxruntime-logits``: a static export and session per input shape."""
+    session = _ort_session(_onnx_bytes(model, x, ["output"], dynamic=False))
+    return lambda inp: torch.from_numpy(session.run(None, {"input": inp.contiguous().numpy()})[0])
+
+
+def _resolve_backend(backend: str, device: torch.device, half: bool) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if half and device.type != "cuda":
         raise ValueError(f"half=True needs a CUDA device, got {device}")
     if backend == "auto":
         backend = AUTO_BACKEND.get(device.type, "eager")
-        if backend == "onnxruntime" and importlib.util.find_spec("onnxruntime") is None:
+        if backend == "auto" and not available_exported_backends():
             backend = "eager"
-    if backend == "onnxruntime" and device.type != "cpu":
-        raise ValueError(f"the onnxruntime backend runs on the CPU only, got {device}")
-    if backend == "onnxruntime":
-        channels_last = False  # ONNX Runtime picks its own blocked layout (NCHWc) inside
+    if (backend == "auto" or backend in EXPORTED_BACKENDS or backend == "onnxruntime-logits") \
+            and device.type != "cpu":
+        raise ValueError(f"the {backend} backend runs on the CPU only, got {device}")
+    return backend
+
+
+def prepare_for_inference(model: nn.Module, device: torch.device | str = "cpu",
+                          half: bool = False, channels_last: bool = True,
+                          backend: str = "auto", compile_mode: str | None = None,
+                          bf16_checked: bool = False) -> nn.Module:
+    """An eval-mode inference copy of ``model`` (BN folded) on ``device``; ``model`` untouched.
+
+    ``half`` runs in fp16 (CUDA only).  ``backend`` is one of ``BACKENDS``; ``auto`` takes the
+    one measured fastest for the device type.  ``compile_mode`` is passed to ``torch.compile``
+    (backend "compile" only; None is its default mode).  ``bf16_checked``: these weights were
+    measured to keep their accuracy in bf16, so ``auto`` may take ``openvino-bf16``.
+    """
+    return _prepare(model, device, half, channels_last, backend, compile_mode, bf16_checked,
+                    head=False)
+
+
+def prepare_top_class(model: nn.Module, device: torch.device | str = "cpu",
+                      half: bool = False, channels_last: bool = True,
+                      backend: str = "auto", bf16_checked: bool = False) -> nn.Module:
+    """``prepare_for_inference`` followed by ``TopClass``: a normalised float image batch in,
+    (class ids (N, H, W) uint8, top-class probability (N, H, W) float32) out.  The exported
+    backends run the post-processing as a graph of their own runtime after the network's."""
+    return _prepare(model, device, half, channels_last, backend, None, bf16_checked,
+                    head=True)
+
+
+def _prepare(model: nn.Module, device: torch.device | str, half: bool, channels_last: bool,
+             backend: str, compile_mode: str | None, bf16_checked: bool, head: bool
+             ) -> nn.Module:
+    device = torch.device(device)
+    backend = _resolve_backend(backend, device, half)
+    num_classes = getattr(model, "num_classes", None)
+    exported = backend == "auto" or backend in EXPORTED_BACKENDS
+    if exported or backend == "onnxruntime-logits":
+        channels_last = False  # the runtimes pick their own blocked layouts (NCHWc) inside
     dtype = torch.float16 if half else torch.float32
-    folded = fold_batch_norms(model).to(device=device, dtype=dtype)
+    if backend == "onnxruntime-logits":
+        folded = fold_batch_norms(model)
+    else:
+        folded = inference_copy(model)
+    folded = folded.to(device=device, dtype=dtype)
     if channels_last:
         folded = folded.to(memory_format=torch.channels_last)
     inner: nn.Module
+    if exported:
+        if num_classes is None and head:
+            raise ValueError("prepare_top_class needs a model with num_classes")
+        inner = _Exported(folded, backend, head, num_classes or 1, bf16_checked)
+        prepared = _Prepared(inner, dtype, False, backend, num_classes)
+        return prepared.eval()
     if backend == "eager":
         inner = folded
-    elif backend == "onnxruntime":
-        inner = _PerShape(folded, _ort_build, "onnxruntime")
+    elif backend == "onnxruntime-logits":
+        inner = _PerShape(folded, _legacy_ort_build, backend)
     else:  # compile
         inner = torch.compile(folded, mode=compile_mode, dynamic=False)
-    return _Prepared(inner, dtype, channels_last, backend,
-                     getattr(model, "num_classes", None)).eval()
-
-
-class Normalise(nn.Module):
-    """Float RGB images (N, 3, H, W) in 0..255 -> ``(x / 255 - mean) / std`` per channel.
-
-    One multiply and one add in float32: every inference path (``ImageToLabels``, the
-    segmentation engine, the benchmarks) normalises here.
-    """
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        # The constants in float32 arithmetic too, as the node's engine has always computed
-        # them: rounding them otherwise moves a few near-tie pixels of its label maps.
-        mean_t = torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1)
-        std_t = torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1)
-        # (x / 255 - mean) / std == x * scale + shift
-        self.register_buffer("scale", 1.0 / (255.0 * std_t), persistent=False)
-        self.register_buffer("shift", -mean_t / std_t, persistent=False)
-
-    def forward(self, image: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """``out`` (may be ``image`` itself) receives the result instead of a new tensor."""
-        return torch.mul(image, self.scale, out=out).add_(self.shift)
+    if head:
+        inner = nn.Sequential(inner, TopClass(num_classes).to(device))
+    return _Prepared(inner, dtype, channels_last, backend, num_classes).eval()
 
 
 class ImageToLabels(nn.Module):
@@ -226,14 +481,16 @@ class ImageToLabels(nn.Module):
 
     The permute makes an NCHW view with channels-last strides, so no copy is needed before a
     channels-last model; ``torch.compile`` fuses the normalisation and the argmax into few
-    kernels.  ``model`` is any module with the DFANet contract (e.g. a prepared one).
+    kernels.  ``model`` is any module with the DFANet contract (e.g. a prepared one) or, with
+    ``top_class``, one that returns ``TopClass``'s outputs (``prepare_top_class``).
     """
 
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float],
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, top_class: bool = False) -> None:
         super().__init__()
         self.model = model
         self.dtype = dtype
+        self.top_class = top_class
         self.backend = getattr(model, "backend", "eager")
         self.norm = Normalise(mean, std)
 
@@ -245,26 +502,22 @@ class ImageToLabels(nn.Module):
         return self.norm(image.permute(0, 3, 1, 2).float())
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        logits = self.model(self.normalise(image).to(self.dtype))
-        return logits.argmax(dim=1).to(torch.uint8)
+        out = self.model(self.normalise(image).to(self.dtype))
+        if self.top_class:
+            return out[0]
+        return out.argmax(dim=1).to(torch.uint8)
 
 
 def prepare_labels(model: nn.Module, mean: Sequence[float], std: Sequence[float],
                    device: torch.device | str = "cpu", half: bool = False,
                    channels_last: bool = True, backend: str = "auto") -> nn.Module:
-    """``prepare_for_inference`` for the whole uint8-image-to-labels path (``ImageToLabels``).
-
-    With the onnxruntime backend the normalisation and the argmax go into the ONNX graph too:
-    torch's argmax over the channels of an NCHW tensor is several times slower on the CPU
-    than ONNX Runtime's ArgMax (measured in BENCHMARKS.md).
-    """
-    device = torch.device(device)
-    prepared = prepare_for_inference(model, device, half, channels_last, backend)
+    """``prepare_top_class`` behind the normalisation: the whole uint8-image-to-labels path
+    (``ImageToLabels``), the class computed by ``TopClass`` (OpenVINO: in a graph of its own;
+    torch's argmax over the classes of an NCHW tensor is several times slower on the CPU,
+    BENCHMARKS.md)."""
+    prepared = prepare_top_class(model, device, half, channels_last, backend)
     dtype = torch.float16 if half else torch.float32
-    if prepared.backend != "onnxruntime":
-        return ImageToLabels(prepared, mean, std, dtype).to(device).eval()
-    pipeline = ImageToLabels(prepared.inner.model, mean, std, dtype).eval()
-    return _PerShape(pipeline, _ort_build, "onnxruntime").eval()
+    return ImageToLabels(prepared, mean, std, dtype, top_class=True).to(device).eval()
 
 
 class CudaGraph(Generic[_T]):

@@ -3,7 +3,8 @@
 Imports no rclpy: the node adapts ROS messages to it, the bag evaluation and the benchmarks
 call it directly.  One pipeline serves every device::
 
-    uint8 HWC frame -> RGB float -> resize to the model size -> normalise (card mean/std)
+    uint8 HWC frame -> RGB float -> resize to the model size -> normalise (the card's
+    preprocessing and resize rule, ``dfanet_model.preprocess``)
     -> DFANet -> argmax -> label / colour mask resized back (nearest) -> alpha-blended overlay
                        -> top-class softmax probability -> confidence map (nearest) and mean
 
@@ -26,9 +27,10 @@ synchronisation.  The CUDA-only code is ``_capture`` and the pinned/upload/downl
 everything else runs, and is tested, on the CPU.
 
 The inference parts are the library's (``dfanet_model.fast``), the ones its benchmarks time:
-``Normalise``, ``prepare_for_inference`` (batch norm folded, fp16, backend) and
-``capture_cuda_graph``.  The engine adds what a camera frame needs around them: encodings,
-resizing, plans, the top class and its probability, colours and the overlay.
+the card's ``Preprocessing``, ``prepare_top_class`` (batch norm folded, fp16, backend, the
+top class) and ``capture_cuda_graph``.  The engine adds what a camera frame needs around
+them: encodings, resizing, plans, the class fractions and mean confidence, colours and the
+overlay.
 """
 from __future__ import annotations
 
@@ -45,7 +47,9 @@ import torch.nn.functional as F
 
 from dfanet_model.checkpoint import ModelCard, load_model
 from dfanet_model.device import DeviceError, resolve_device
-from dfanet_model.fast import CudaGraph, Normalise, capture_cuda_graph, prepare_for_inference
+from dfanet_model.fast import CudaGraph, capture_cuda_graph, prepare_top_class
+from dfanet_model.preprocess import resize_image
+from dfanet_model.resources import checked_in_bf16
 
 from .encodings import ENCODING_CHANNELS, RGB_ORDER, YUV422_LAYOUT
 from .overlay import blend_overlay_
@@ -165,14 +169,16 @@ class SegmentationEngine:
         self.model_size: tuple[int, int] = (
             tuple(self.card.input_size) if model_size is None else model_size)  # type: ignore
         self.use_cuda_graph = use_cuda_graph and self.device.type == "cuda"
-        # The network as the benchmarks run it: batch norm folded, fp16 on request, run by
-        # ``backend``.  Traced backends (onnxruntime) build once per network input shape, so
-        # the first frame of a new model size takes seconds on a small CPU.  Channels-last
-        # pays on the GPU's tensor cores; on the CPU the plain layout measured faster.
-        self.model = prepare_for_inference(model, self.device, half=fp16, backend=backend,
-                                           channels_last=self.device.type == "cuda")
-        self.backend = getattr(self.model, "backend", backend)
-        self._normalise = Normalise(self.card.mean, self.card.std).to(self.device)
+        # The network and its top class as the benchmarks run them: batch norm folded, fp16
+        # on request, run by ``backend``.  The exported backends export once here (1-2 s) and
+        # compile per network input shape (0.1-0.9 s; ``warm_up`` does it ahead of frames).
+        # Channels-last pays on the GPU's tensor cores; on the CPU the plain layout measured
+        # faster.
+        self.model = prepare_top_class(model, self.device, half=fp16, backend=backend,
+                                       channels_last=self.device.type == "cuda",
+                                       bf16_checked=checked_in_bf16(checkpoint))
+        # The card's preprocessing and resize rule, as predict and dfanet eval apply them.
+        self._normalise = self.card.preprocessing().normaliser().to(self.device)
         self._palette = torch.tensor(self.card.class_colors, dtype=torch.uint8,
                                      device=self.device)
         self._plans: OrderedDict[tuple[int, int, str], _Plan] = OrderedDict()
@@ -190,14 +196,20 @@ class SegmentationEngine:
     def num_classes(self) -> int:
         return self.card.num_classes
 
+    @property
+    def backend(self) -> str:
+        """How the network runs (``auto`` until it has measured: at the first frame, which
+        the node runs at activate with ``warm_up``)."""
+        return self.model.backend
+
     def run(self, image: np.ndarray, encoding: str = "rgb8",
             outputs: frozenset[str] = ALL_OUTPUTS, alpha: float = 0.5,
             mean_confidence: bool = False) -> EngineResult:
         """Segment one (H, W, C) uint8 frame (a strided view is fine).
 
-        ``outputs``: the images to make.  The top-class probability costs a softmax at the
-        network's size: it is computed only for the ``confidence`` image or, alone, when
-        ``mean_confidence`` asks for the frame's mean (given either way with the image).
+        ``outputs``: the images to make.  The top-class probability comes with the class
+        from the network's post-processing (1-2 ms in OpenVINO's graph at 360x480); the
+        frame's mean is given for the ``confidence`` image or when ``mean_confidence`` asks.
         """
         start = time.perf_counter()
         image = _as_hwc(image, encoding)
@@ -384,14 +396,15 @@ class SegmentationEngine:
         # faster on the CPU than on planar copies, and the GPU's convolutions prefer it too.
         image = plan.rgb.permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W) view
         if plan.norm is None:
-            x = F.interpolate(image, size=plan.model_hw, mode="bilinear", align_corners=False)
+            x = resize_image(image, plan.model_hw)
             x = self._normalise(x, out=x)
         else:
             x = self._normalise(image, out=plan.norm)
-        small, probability = _top_class(self.model(x), MEAN_CONFIDENCE in outputs)
-        flat = small.reshape(-1)
+        labels, probabilities = self.model(x)
+        small, probability = labels[0], probabilities[0]
+        flat = small.reshape(-1).long()
         plan.dev_counts.zero_().index_add_(0, flat, plan.pixel_weight)
-        if probability is not None:
+        if MEAN_CONFIDENCE in outputs:
             # Weighted as class_fractions: each model pixel by the input pixels it stands for.
             torch.dot(probability.reshape(-1), plan.pixel_weight,
                       out=plan.dev_mean_confidence[0]).div_(plan.height * plan.width)
@@ -399,7 +412,7 @@ class SegmentationEngine:
                 byte = probability.mul_(255.0).round_().to(torch.uint8)
                 _upsample(byte, plan, plan.dev_confidence, plan.tmp_confidence)
         if "label" in outputs:
-            _upsample(small.to(torch.uint8), plan, plan.dev_label, plan.tmp_label)
+            _upsample(small, plan, plan.dev_label, plan.tmp_label)
         if "color" in outputs or "overlay" in outputs:
             colors = self._palette.index_select(0, flat).view(*plan.model_hw, 3)
             _upsample(colors, plan, plan.dev_color, plan.tmp_color)
@@ -455,36 +468,6 @@ def _as_hwc(image: np.ndarray, encoding: str) -> np.ndarray:
     if encoding in YUV422_LAYOUT and image.shape[1] % 2:
         raise ValueError(f"encoding {encoding} needs an even width, got {image.shape[1]}")
     return image
-
-
-def _top_class(logits: torch.Tensor, probability: bool
-               ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Class of each pixel of (1, C, h, w) logits as (h, w) int64 (first maximum on ties)
-    and, on request, its softmax probability as (h, w) float32 (1 / sum_c exp(logit_c - max)),
-    in float32 whatever the network's precision."""
-    planes = logits[0]
-    if logits.device.type != "cpu":
-        index = planes.argmax(dim=0)
-        if not probability:
-            return index, None
-        planes = planes.float()
-        return index, torch.exp(planes - planes.amax(dim=0)).sum(dim=0).reciprocal_()
-    # On the CPU argmax over the channel dimension walks memory C strides apart (50 ms at
-    # 360x480); a running maximum over contiguous channel planes is ~10x faster.  The
-    # probability reuses that maximum: 4 ms more at 360x480 with 11 classes, one thread.
-    best = planes[0].clone()
-    index = torch.zeros(best.shape, dtype=torch.int64)
-    for c in range(1, planes.shape[0]):
-        better = planes[c] > best
-        torch.maximum(best, planes[c], out=best)
-        index.masked_fill_(better, c)
-    if not probability:
-        return index, None
-    total = torch.zeros_like(best)
-    scratch = torch.empty_like(best)
-    for c in range(planes.shape[0]):
-        total.add_(torch.sub(planes[c], best, out=scratch).exp_())
-    return index, total.reciprocal_()
 
 
 def _nearest_index(size_out: int, size_in: int, device: torch.device) -> torch.Tensor:

@@ -39,8 +39,9 @@ class NodeParameters:
     device: str = _param("auto", "auto, cpu, cuda or cuda:N")
     fp16: bool = _param(False, "run the network in half precision (CUDA only)")
     use_cuda_graph: bool = _param(True, "capture the per-frame pipeline in a CUDA graph")
-    backend: str = _param("auto", "how the network runs: auto (fastest measured for the "
-                          "device), eager, compile or onnxruntime (CPU)")
+    backend: str = _param("auto", "how the network runs: auto (on the CPU the fastest "
+                          "measured at activate), eager, compile, onnxruntime, openvino or "
+                          "openvino-bf16 (CPU)")
     cpu_threads: int = _param(0, "PyTorch CPU threads (0: PyTorch's default, all cores; 1 "
                               "on a busy machine)", (0, 256))
     model_height: int = _param(0, "network input height: 0 = the checkpoint's training size, "
@@ -136,3 +137,9 @@ PARAMETERS: tuple[Parameter, ...] = tuple(
     for f in dataclasses.fields(NodeParameters))
 PARAMETER_NAMES: tuple[str, ...] = tuple(p.name for p in PARAMETERS)
 DYNAMIC_PARAMETERS: frozenset[str] = frozenset(p.name for p in PARAMETERS if p.dynamic)
+def model_size_parameters(size: tuple[int, int] | None) -> dict[str, int]:
+    """``model_height`` and ``model_width`` for a model size as the engine, the benchmarks and
+    ``dfanet eval`` spell it (``dfanet_model.args.parse_model_size``): the inverse of
+    ``NodeParameters.model_size``."""
+    h, w = (0, 0) if size is None else (-1, -1) if tuple(size) == (0, 0) else size
+    return {"model_height": int(h), "model_width": int(w)}

@@ -213,6 +213,11 @@ class SegmentationNode(LifecycleNode):
             return result
         try:
             self._class_map_pub.publish(self._class_map())
+            if self.engine.model_size != (0, 0):
+                # The network's set-up for its size here, not on the first frame (compilation,
+                # and auto's measurement of its candidates: 3-5 s on 2 busy cores); frames of
+                # any size then cost a plan of buffers only.
+                self.engine.warm_up(*self.engine.model_size)
             for camera in self._cameras:
                 camera.slot = LatestSlot()
                 camera.worker = threading.Thread(target=self._work, args=(camera, camera.slot),

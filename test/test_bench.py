@@ -66,18 +66,35 @@ def test_bench_model_names_bad_arguments(args: list[str], message: str,
 @pytest.mark.slow
 def test_bench_engine_prints_a_table(tmp_path: Path) -> None:
     out = tmp_path / "engine.json"
-    result = dfanet("bench", "engine", "--sizes", "40x56", "--outputs", "label",
-                    "label,color,overlay", "--iters", "2", "--warmup", "0", "--threads", "1",
-                    "--device", "cpu", "--json", str(out))
+    result = dfanet("bench", "engine", "--sizes", "40x56", "--model-size", "frame",
+                    "--outputs", "label", "label,color,overlay", "--backends",
+                    "onnxruntime-logits,eager", "--iters", "2", "--warmup", "0",
+                    "--threads", "1", "--device", "cpu", "--json", str(out))
     assert result.returncode == 0, result.stderr
-    # Table rows: frame size, then network size (each frame's own by default).
+    # Table rows: frame size, network size (--model-size frame: the frame's own), outputs,
+    # device, backend, median ms; every backend with every output set.
     rows = [line.split() for line in result.stdout.splitlines()
             if line.split()[:2] == ["40x56", "40x56"]]
-    assert [r[2] for r in rows] == ["label", "color,label,overlay"]
+    assert [(r[2], r[4]) for r in rows] == [
+        ("label", "onnxruntime-logits"), ("color,label,overlay", "onnxruntime-logits"),
+        ("label", "eager"), ("color,label,overlay", "eager")]
     assert all(float(r[5]) > 0 for r in rows)  # median ms
     records = json.loads(out.read_text())["results"]
-    assert [len(r["times_ms"]) for r in records] == [2, 2]
+    assert [len(r["times_ms"]) for r in records] == [2, 2, 2, 2]
     assert all(r["device"] == "cpu" and (r["height"], r["width"]) == (40, 56) for r in records)
+
+
+@pytest.mark.slow
+def test_bench_engine_defaults_to_what_the_node_runs() -> None:
+    """The shipped checkpoint at its own size, the label and the mean confidence, auto."""
+    result = dfanet("bench", "engine", "--sizes", "90x120", "--iters", "1", "--warmup", "0",
+                    "--threads", "1", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()
+            if line.split()[:1] == ["90x120"]]
+    assert len(rows) == 1
+    assert rows[0][1:3] == ["360x480", "label,mean_confidence"]
+    assert rows[0][4] != "auto"  # the backend auto measured and chose
 
 
 def test_a_failing_mode_is_reported_and_the_others_still_timed() -> None:

@@ -122,7 +122,7 @@ def test_the_engine_runs_the_benchmarked_inference_path(checkpoint, frame):
     engine = SegmentationEngine(checkpoint, device="cpu", model_size=(0, 0), backend="eager")
     image = np.ascontiguousarray(frame[::4, ::4])
     labels = engine.run(image, outputs=frozenset({"label"})).label
-    pipeline = ImageToLabels(engine.model, engine.card.mean, engine.card.std)
+    pipeline = ImageToLabels(engine.model, engine.card.mean, engine.card.std, top_class=True)
     with torch.no_grad():
         reference = pipeline(torch.from_numpy(image)[None])[0].numpy()
     assert len(np.unique(reference)) >= 3
@@ -377,3 +377,14 @@ def test_cuda_graph_matches_cpu(checkpoint, frame, engine):
     half = SegmentationEngine(checkpoint, device="cuda", fp16=True).run(frame)
     assert (half.label == cpu_label).mean() > 0.98
     gpu.release()
+
+
+def test_warm_up_sets_the_network_up_once_for_every_frame_size(checkpoint, frame):
+    """What the node does at activate: after ``warm_up`` at the model size, frames of other
+    sizes make plans of buffers only; the network is set up (exported, compiled) once."""
+    engine = SegmentationEngine(checkpoint, device="cpu", backend="onnxruntime")
+    engine.warm_up(*engine.model_size)
+    runs = [engine.run(image) for image in (np.ascontiguousarray(frame[:300]), frame,
+                                            np.ascontiguousarray(frame[::2, ::2]))]
+    assert [r.model_size for r in runs] == [SMALL_INPUT] * 3
+    assert list(engine.model.inner._cache) == [(1, 3, *SMALL_INPUT)]

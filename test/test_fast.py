@@ -14,13 +14,16 @@ from dfanet_model.fast import (
     BACKENDS,
     ImageToLabels,
     Normalise,
+    TopClass,
     capture_cuda_graph,
     fold_batch_norms,
     fold_conv_bn,
+    inference_copy,
     prepare_for_inference,
     prepare_labels,
+    prepare_top_class,
 )
-from dfanet_model.network import ConvNormAct, build_dfanet
+from dfanet_model.network import ConvNormAct, ProjectionShortcut, build_dfanet
 
 # The tolerance every optimised fp32 path is held to, against the eager fp32 model: max
 # |logit difference| below 1e-3 of the logit scale (1 + max |logit|), and the same class on
@@ -31,6 +34,9 @@ REL_TOLERANCE = 1e-3
 MIN_ARGMAX_AGREEMENT = 0.999
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
+HAS_OV = importlib.util.find_spec("openvino") is not None
+# The fp32 exported backends installed here.
+FP32_EXPORTED = [b for b, found in (("onnxruntime", HAS_ORT), ("openvino", HAS_OV)) if found]
 
 
 def _trained_like(variant: str) -> nn.Module:
@@ -160,10 +166,11 @@ def test_onnxruntime_backend_matches_and_rebuilds_per_shape(model: nn.Module) ->
 def test_auto_backend_matches_on_cpu() -> None:
     model = _trained_like("B")
     prepared = prepare_for_inference(model)
-    assert prepared.backend in BACKENDS and prepared.backend != "auto"
     x = torch.randn(1, 3, 33, 47)
     with torch.inference_mode():
         _assert_close(prepared(x), model(x))
+    # auto measures at the first input and names what it chose.
+    assert prepared.backend in BACKENDS and prepared.backend != "auto"
 
 
 def test_bad_arguments_are_named() -> None:
@@ -267,11 +274,11 @@ def test_cuda_graph_inputs_outputs_and_shared_pool() -> None:
         _assert_close(buffer, model(y).float())
 
 
-@pytest.mark.parametrize("backend", ["eager", "onnxruntime"])
+@pytest.mark.parametrize("backend", ["eager", "onnxruntime", "openvino"])
 @pytest.mark.slow
 def test_prepare_labels_matches_eager_labels(backend: str) -> None:
-    if backend == "onnxruntime" and not HAS_ORT:
-        pytest.skip("onnxruntime is not installed")
+    if backend != "eager" and backend not in FP32_EXPORTED:
+        pytest.skip(f"{backend} is not installed")
     model = _trained_like("A")
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
     image = torch.randint(0, 256, (1, 45, 61, 3), dtype=torch.uint8,
@@ -283,3 +290,85 @@ def test_prepare_labels_matches_eager_labels(backend: str) -> None:
         out = labels(image)
     assert out.dtype == torch.uint8 and out.shape == (1, 45, 61)
     assert (out.long() == ref).float().mean().item() > MIN_ARGMAX_AGREEMENT
+
+
+def test_inference_copy_strides_the_shortcut_with_the_same_output() -> None:
+    model = _trained_like("A")
+    copy_ = inference_copy(model)
+    shortcuts = [m for m in copy_.modules() if isinstance(m, ProjectionShortcut)]
+    assert shortcuts and all(m.stride == 1 for m in shortcuts)
+    assert {m.conv.stride for m in shortcuts} == {(2, 2)}  # every projection strides
+    # The original keeps its slices (training needs them).
+    assert {m.stride for m in model.modules() if isinstance(m, ProjectionShortcut)} == {2}
+    x = torch.randn(1, 3, 61, 83, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        strided, sliced = copy_(x), fold_batch_norms(model)(x)
+    # The same products and sums on the same pixels: only the kernels' summation order may
+    # differ, far inside the tolerance.
+    assert (strided - sliced).abs().max().item() < 1e-5 * (1 + sliced.abs().max().item())
+    assert torch.equal(strided.argmax(1), sliced.argmax(1))
+
+
+def _top_class_reference(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return logits.argmax(1), logits.double().softmax(1).amax(1)
+
+
+def test_top_class_on_the_cpu_and_traced_is_argmax_and_softmax() -> None:
+    g = torch.Generator().manual_seed(9)
+    logits = torch.randn(2, 5, 17, 23, generator=g) * 4
+    logits[0, 3, 0, 0] = logits[0, 1, 0, 0] = 99.0  # a tie: the first maximum wins
+    head = TopClass(5).eval()
+    traced = torch.jit.trace(head, (logits,))  # the graph form the exported backends run
+    for labels, probability in (head(logits), traced(logits)):
+        ref_labels, ref_probability = _top_class_reference(logits)
+        assert labels.dtype == torch.uint8 and probability.dtype == torch.float32
+        assert torch.equal(labels.long(), ref_labels)
+        assert int(labels[0, 0, 0]) == 1
+        assert (probability.double() - ref_probability).abs().max() < 1e-6
+    with pytest.raises(ValueError, match="256 classes do not fit a uint8 label map"):
+        TopClass(256)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "onnxruntime-logits"])
+def test_exported_top_class_matches_eager_at_several_sizes(backend: str) -> None:
+    """One export serves every size (height and width are free in the graph)."""
+    if backend.split("-")[0] not in FP32_EXPORTED:
+        pytest.skip(f"{backend} is not installed")
+    model = _trained_like("A")
+    prepared = prepare_top_class(model, backend=backend)
+    assert prepared.backend == backend
+    for i, size in enumerate([(45, 61), (64, 96), (45, 61)]):
+        x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(10 + i))
+        with torch.inference_mode():
+            labels, probability = prepared(x)
+            ref_labels, ref_probability = _top_class_reference(model(x))
+        assert labels.shape == probability.shape == (1, *size)
+        assert (labels.long() == ref_labels).float().mean().item() > MIN_ARGMAX_AGREEMENT
+        assert (probability.double() - ref_probability).abs().max() < 1e-3
+
+
+@pytest.mark.skipif(not HAS_OV, reason="openvino is not installed")
+@pytest.mark.slow
+def test_openvino_backend_matches_and_compiles_per_shape(model: nn.Module) -> None:
+    prepared = prepare_for_inference(model, backend="openvino")
+    for size in [(45, 61), (64, 96), (45, 61)]:
+        x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(size[0]))
+        with torch.inference_mode():
+            _assert_close(prepared(x), model(x))
+    assert len(prepared.inner._cache) == 2
+
+
+@pytest.mark.skipif(not FP32_EXPORTED, reason="neither onnxruntime nor openvino is installed")
+@pytest.mark.slow
+def test_auto_measures_the_fp32_candidates_and_keeps_the_fastest() -> None:
+    """Weights not checked in bf16 never get it, whatever the CPU."""
+    prepared = prepare_top_class(_trained_like("B"), backend="auto")
+    assert prepared.backend == "auto"  # measured at the first input
+    x = torch.randn(1, 3, 33, 47, generator=torch.Generator().manual_seed(11))
+    with torch.inference_mode():
+        labels, _ = prepared(x)
+    timings = prepared.inner.timings_ms
+    assert sorted(timings) == sorted(FP32_EXPORTED)
+    assert prepared.backend == min(timings, key=timings.__getitem__)
+    assert labels.shape == (1, 33, 47)

@@ -20,7 +20,7 @@ MODULE_KEYS = {
     "PIL": "python3-pil", "tqdm": "python3-tqdm", "matplotlib": "python3-matplotlib",
     "safetensors": "python3-safetensors-pip", "onnxruntime": "python3-onnxruntime-pip",
     "onnx": "python3-onnx-pip", "rosbags": "python3-rosbags-pip", "cv2": "python3-opencv",
-    "mcap": "python3-mcap-pip",
+    "mcap": "python3-mcap-pip", "openvino": "python3-openvino-pip",
 }
 # Python keys present in ros/rosdistro rosdep/python.yaml (checked 2026-08, commit 8468e88):
 # the distribution's own, and pip keys where no distribution package exists.

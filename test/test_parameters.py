@@ -125,3 +125,25 @@ def test_only_run_time_parameters_change_before_the_next_configure():
     assert changed.device == params.device and changed.checkpoint == "m"
     assert params.overlay_alpha == 0.5  # a new value, the old one unchanged
     assert params.with_changes({"device": "cuda"}) is params
+
+
+@pytest.mark.parametrize(("text", "size"), [("checkpoint", None), ("frame", (0, 0)),
+                                            ("240x320", (240, 320))])
+def test_one_model_size_from_command_line_to_node_parameters(text, size):
+    """The benchmarks' and dfanet eval's spelling of a model size reaches the node as the
+    same size: parse_model_size, then model_size_parameters, read back by the node."""
+    from dfanet_model.args import parse_model_size
+    from dfanet_ros.parameters import PARAMETERS, NodeParameters, model_size_parameters
+    assert parse_model_size(text) == size
+    values = {name: default for name, default, *_ in PARAMETERS}
+    values.update(model_size_parameters(size))
+    assert NodeParameters.from_values(values).model_size == size
+
+
+def test_a_bad_model_size_is_named():
+    import argparse
+
+    from dfanet_model.args import parse_model_size
+    with pytest.raises(argparse.ArgumentTypeError,
+                       match="model size must be checkpoint, frame or HEIGHTxWIDTH, got 'big'"):
+        parse_model_size("big")

@@ -8,7 +8,8 @@ import torch
 from dfanet_model.checkpoint import load_model, read_checkpoint
 from dfanet_model.data import open_split
 from dfanet_model.evaluate import evaluate, split_batches
-from dfanet_model.resources import DATA_DIR, DEFAULT_CHECKPOINT
+from dfanet_model.metrics import ConfusionMatrix
+from dfanet_model.resources import DATA_DIR, DEFAULT_CHECKPOINT, checked_in_bf16
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -20,7 +21,7 @@ def score(root, split, per_frame=False):
     data = open_split("camvid", root, split)
     with torch.no_grad():
         return evaluate(model, split_batches(data, torch.device("cpu"), 8), card.num_classes,
-                        data.table.ignore_index, card.mean, card.std, names=data.names,
+                        data.table.ignore_index, card.preprocessing(), names=data.names,
                         per_frame=per_frame)
 
 
@@ -88,3 +89,37 @@ def test_shipped_model_pixels_are_pinned(sample_camvid):
         assert card.class_names[int(top.indices[0])] == name, (row, col)
         margin = float(top.values[0] - top.values[1])
         assert margin == pytest.approx(lead, abs=0.05), f"{name} at {(row, col)}"
+
+
+def test_the_shipped_weights_are_the_ones_checked_in_bf16():
+    """Backend auto may run them in bf16 (resources.BF16_CHECKED_SHA256): replacing the
+    shipped model means re-running the check below and recording the new digest."""
+    assert checked_in_bf16(DEFAULT_CHECKPOINT)
+
+
+@pytest.mark.slow
+def test_bf16_keeps_the_shipped_models_camvid_accuracy(camvid_root):
+    """The condition under which auto takes OpenVINO's bf16 for the shipped model: on the
+    CamVid test split, through the node's engine, mIoU within 0.3 of fp32 and at least 99% of
+    pixels the same class.  (On a CPU without native bf16 OpenVINO runs fp32 and this holds
+    trivially; auto never offers bf16 there.)"""
+    pytest.importorskip("openvino", reason="the bf16 path is OpenVINO's")
+    from dfanet_ros.engine import SegmentationEngine
+    engines = {name: SegmentationEngine(DEFAULT_CHECKPOINT, "cpu", backend=name)
+               for name in ("openvino", "openvino-bf16")}
+    data = open_split("camvid", camvid_root, "test")
+    matrices = {name: ConfusionMatrix(11, data.table.ignore_index) for name in engines}
+    same = pixels = 0
+    for images, labels in split_batches(data, torch.device("cpu"), 8):
+        for image, label in zip(images.numpy(), labels, strict=True):
+            out = {name: engine.run(image, outputs=frozenset({"label"})).label
+                   for name, engine in engines.items()}
+            for name, predicted in out.items():
+                matrices[name].update(label[None], torch.from_numpy(predicted)[None].long())
+            same += int((out["openvino"] == out["openvino-bf16"]).sum())
+            pixels += out["openvino"].size
+    fp32, bf16 = (matrices[name].compute().miou for name in engines)
+    assert fp32 == pytest.approx(read_checkpoint(DEFAULT_CHECKPOINT).card.metrics["test"]["miou"],
+                                 abs=1e-3)
+    assert abs(bf16 - fp32) <= 0.003, f"bf16 mIoU {bf16:.4f} against fp32 {fp32:.4f}"
+    assert same / pixels >= 0.99, f"only {same / pixels:.2%} of pixels the same class"

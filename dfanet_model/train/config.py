@@ -12,6 +12,7 @@ import yaml
 from ..classes import CLASS_TABLES, ClassTable
 from ..data import PLACEMENTS, inverse_log_frequency_weights, median_frequency_weights
 from ..network import VARIANTS
+from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 # Class-weighting schemes computed from the training labels.
 WEIGHT_SCHEMES = {"median_frequency": median_frequency_weights,
@@ -36,8 +37,8 @@ class TrainConfig:
     crop_size: list[int] = field(default_factory=lambda: [360, 480])
     scale_range: list[float] = field(default_factory=lambda: [0.75, 1.75])
     hflip: bool = True
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     batch_size: int = 16                   # per process
     iterations: int = 10000
     lr: float = 0.05

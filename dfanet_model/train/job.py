@@ -22,6 +22,7 @@ from ..data import SegmentationSplit, load_split, sample_indices
 from ..evaluate import EvalResult, autocast, evaluate, split_batches
 from ..losses import OhemCrossEntropy
 from ..network import DFANet, build_dfanet
+from ..preprocess import Preprocessing
 from .config import WEIGHT_SCHEMES, TrainConfig
 from .ema import WeightAverage
 
@@ -210,7 +211,8 @@ def evaluate_split(model: nn.Module, data: SegmentationSplit, cfg: TrainConfig,
 
     return evaluate(model, split_batches(data, ctx.device, cfg.eval_batch_size, ctx.rank,
                                          ctx.world_size),
-                    cfg.table.num_classes, cfg.table.ignore_index, cfg.mean, cfg.std,
+                    cfg.table.num_classes, cfg.table.ignore_index,
+                    Preprocessing.from_card(cfg),
                     size=cfg.eval_size, precision=cfg.precision,
                     channels_last=cfg.channels_last, reduce=reduce)
 

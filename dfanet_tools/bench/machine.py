@@ -35,6 +35,11 @@ def machine_info(device: str | torch.device = "cpu") -> dict[str, Any]:
         info["cuda"] = torch.version.cuda
         info["cudnn"] = torch.backends.cudnn.version()
     try:
+        import openvino
+        info["openvino"] = openvino.__version__
+    except ImportError:
+        pass
+    try:
         import onnxruntime
         info["onnxruntime"] = onnxruntime.__version__
     except ImportError:
@@ -59,3 +64,10 @@ def write_json(path: Path, device: str | torch.device, **sections: Any) -> None:
     payload = {"machine": machine_info(device), **sections}
     path.write_text(json.dumps(json_safe(payload), indent=1) + "\n")
     print(f"wrote {path}")
+
+
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages as printed with a benchmark's figures."""
+    if not hasattr(os, "getloadavg"):
+        return "n/a"
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())

@@ -20,11 +20,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
 
 from dfanet_model.checkpoint import ModelCard, load_model, read_checkpoint
 from dfanet_model.device import DeviceError, resolve_device
-from dfanet_model.fast import ImageToLabels
 from dfanet_model.network import VARIANTS, build_dfanet
 
 from ..stats import percentile
@@ -107,9 +105,9 @@ def bench_model(variant: str, size: tuple[int, int], batch: int, modes: list[str
                          [[0, 0, 0]] * num_classes)
     gen = torch.Generator().manual_seed(1)
     image = torch.randint(0, 256, (batch, *size, 3), dtype=torch.uint8, generator=gen).to(device)
-    # The labels modes normalise inside ImageToLabels: the reference input takes the same
-    # arithmetic, so their argmax agreement measures the network, not a rounding difference.
-    x = ImageToLabels(nn.Identity(), card.mean, card.std).to(device).normalise(image)
+    # The card's preprocessing, as every path applies it (the labels modes too, inside
+    # ImageToLabels): their argmax agreement measures the network, not a rounding difference.
+    x = card.preprocessing()(image)
     with torch.inference_mode():
         reference = model(x).float()
     ref_labels = reference.argmax(1)

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dfanet_model.args import parse_size
+from dfanet_model.args import MODEL_SIZE_HELP, parse_model_size
 from dfanet_model.resources import checkpoint_or_default
 
 from ..ros_process import NodeProcess, dds_environment, node_command
@@ -49,7 +49,7 @@ class NodeSettings:
     checkpoint: Path
     device: str = "auto"
     fp16: bool = False
-    model_size: tuple[int, int] | None = None  # None: each frame's own size
+    model_size: tuple[int, int] | None = None  # parse_model_size: None the checkpoint's
     threads: int | None = None  # the node's CPU threads; None: torch's choice
     domain_id: int = DEFAULT_DOMAIN_ID  # for the node, the camera and the collector
     startup_timeout: float = 120.0
@@ -106,11 +106,12 @@ def configure_dds(domain_id: int) -> None:
 def bench_node_command(settings: NodeSettings, cameras: int, outputs: list[str],
                        diagnostics_period: float = 0.0) -> list[str]:
     """The node's command line for the bench's camera topics and ``settings``."""
+    from dfanet_ros.parameters import model_size_parameters
+
     params: dict[str, Any] = {
         "checkpoint": settings.checkpoint, "device": settings.device, "fp16": settings.fp16,
         "camera_topics": [camera_topic(i) for i in range(cameras)],
-        "model_height": settings.model_size[0] if settings.model_size else -1,
-        "model_width": settings.model_size[1] if settings.model_size else -1,
+        **model_size_parameters(settings.model_size),
         "diagnostics_period": diagnostics_period,
     }
     for out in OUTPUTS:
@@ -271,8 +272,8 @@ def add_arguments(n: argparse.ArgumentParser) -> None:
                         "plans, exports or captures)")
     n.add_argument("--drain", type=float, default=1.0,
                    help="seconds to wait for the last answers (1)")
-    n.add_argument("--model-size", type=parse_size, default=None,
-                   help="network input HEIGHTxWIDTH (default: each frame's own size)")
+    n.add_argument("--model-size", type=parse_model_size, default=None,
+                   help=MODEL_SIZE_HELP)
     add_node_arguments(n, threads=None)
     n.add_argument("--json", type=Path, default=None, help="also write the results here")
 

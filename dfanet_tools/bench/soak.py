@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dfanet_model.args import parse_size
+from dfanet_model.args import MODEL_SIZE_HELP, describe_model_size, parse_model_size, parse_size
 from dfanet_model.metrics import json_safe
 
 from ..ros_process import NodeProcess
@@ -187,8 +187,8 @@ def soak(config: SoakConfig) -> dict[str, Any]:
 def add_arguments(k: argparse.ArgumentParser) -> None:
     k.add_argument("--size", type=parse_size, default=(720, 960),
                    help="camera frame HEIGHTxWIDTH (default 720x960, rgb8)")
-    k.add_argument("--model-size", type=parse_size, default=(384, 512),
-                   help="network input HEIGHTxWIDTH (default 384x512)")
+    k.add_argument("--model-size", type=parse_model_size, default=None,
+                   help=MODEL_SIZE_HELP)
     k.add_argument("--rate", type=float, default=None,
                    help="the node's sustainable rate in Hz (default: measured flat out)")
     k.add_argument("--factor", type=float, default=2.0,
@@ -237,8 +237,8 @@ def main(args: argparse.Namespace) -> int:
                         args.diagnostics_period, args.drain)
     size, model_size = config.size, settings.model_size
     print(f"dfanet bench soak: {settings.checkpoint.name}, device {settings.device}"
-          f"{' fp16' if settings.fp16 else ''}, {size[0]}x{size[1]} frames, network "
-          f"{model_size[0]}x{model_size[1]}, {settings.threads} thread(s); "
+          f"{' fp16' if settings.fp16 else ''}, {size[0]}x{size[1]} frames, network at "
+          f"{describe_model_size(model_size)}, {settings.threads} thread(s); "
           f"ROS_DOMAIN_ID {settings.domain_id}", flush=True)
     try:
         report = soak(config)
