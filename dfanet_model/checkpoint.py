@@ -54,6 +54,8 @@ class CheckpointError(ValueError):
 MAX_CLASSES = 255
 MAX_INPUT_SIDE = 8192
 MAX_INPUT_PIXELS = 4096 * 4096
+# A card nests 4 deep (metrics.val.iou[i]); room for extensions, far below Python's stack.
+MAX_CARD_DEPTH = 16
 
 
 class FieldError(ValueError):
@@ -221,6 +223,39 @@ def validate_training_state(payload: dict[str, Any]) -> None:
             _need_number(key, payload[key])
 
 
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _need_text(name: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FieldError(_printable(name)[:60], "not valid text (a lone surrogate: "
+                         f"{_printable(text)[:40]})") from None
+
+
+def _check_text(data: Any) -> None:
+    """Raise ``FieldError`` at the first value nested deeper than a card needs (code that
+    walks a card recursively would overflow Python's stack) or the first string (key or
+    value) that is not valid text: JSON's ``\\ud800`` escape decodes to a lone surrogate,
+    which no file or terminal can encode."""
+    pending: list[tuple[str, Any, int]] = [("", data, 0)]
+    while pending:  # a loop, not recursion: a card may nest as deep as json.loads allows
+        where, value, depth = pending.pop()
+        if depth > MAX_CARD_DEPTH:
+            raise FieldError(_printable(where)[:60], f"nested more than {MAX_CARD_DEPTH} deep")
+        if isinstance(value, str):
+            _need_text(where or "card", value)
+        elif isinstance(value, dict):
+            for key, child in value.items():
+                name = f"{where}.{key}" if where else key
+                _need_text(name, key)
+                pending.append((name, child, depth + 1))
+        elif isinstance(value, list):
+            pending.extend((f"{where}[{i}]", child, depth + 1) for i, child in enumerate(value))
+
+
 @dataclass
 class ModelCard:
     """Everything needed to use a set of weights, stored inside the checkpoint."""
@@ -248,7 +283,11 @@ class ModelCard:
 
     @classmethod
     def from_json(cls, text: str) -> "ModelCard":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except RecursionError:  # json recurses once per level: 100,000 ``[`` exhaust it
+            raise FieldError("card", "JSON nested too deeply") from None
+        _check_text(data)
         if not isinstance(data, dict):
             raise FieldError("card", f"must be a JSON object, got {_kind(data)}")
         names = {f.name for f in dataclasses.fields(cls)}

@@ -571,12 +571,37 @@ def _mismatched(path, **card_fields):
     return path
 
 
+def _card_text(path, old: str, new: str):
+    """A checkpoint whose card's JSON text has ``old`` replaced by ``new``."""
+    import json
+
+    from helpers_ros import camvid_card
+    from safetensors.torch import load_file, save_file
+
+    from dfanet_model.checkpoint import METADATA_KEY
+
+    make_checkpoint(path)
+    text = json.dumps(json.loads(camvid_card("B").to_json()))
+    assert old in text
+    save_file(load_file(path), path, metadata={METADATA_KEY: text.replace(old, new)})
+    return path
+
+
 def test_start_up_failures_exit_with_one_clear_line(tmp_path, checkpoint, ros_domain):
     import torch
 
+    deep = _card_text(tmp_path / "deep.safetensors", '"metrics": {',
+                      '"deep": ' + "[" * 100_000 + "]" * 100_000 + ', "metrics": {')
+    surrogate = _card_text(tmp_path / "surrogate.safetensors", '"dataset": "camvid"',
+                           '"dataset": "\\ud800"')
     cases = {
         "missing": ({"checkpoint": tmp_path / "missing.safetensors"}, 1,
                     "cannot configure: checkpoint", "missing.safetensors: file not found"),
+        # Once one line without the file (RecursionError), and exit 1 with no line at all.
+        "deep": ({"checkpoint": deep}, 1, "cannot configure: checkpoint",
+                 "deep.safetensors: card: JSON nested too deeply"),
+        "surrogate": ({"checkpoint": surrogate}, 1, "cannot configure: checkpoint",
+                      "surrogate.safetensors: dataset: not valid text"),
         "range": ({"checkpoint": checkpoint, "overlay_alpha": 2.0}, 2, "bad parameter",
                   "overlay_alpha out of range"),
     }
