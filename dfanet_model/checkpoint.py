@@ -37,6 +37,7 @@ from .network import VARIANTS, DFANet, build_dfanet
 FORMAT_VERSION = 1
 METADATA_KEY = "dfanet"  # the model card (JSON) in safetensors headers and exported graphs
 _ZIP_MAGIC = b"PK\x03\x04"
+_MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on a header
 
 
 class CheckpointError(ValueError):
@@ -418,21 +419,31 @@ def read_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
 def _read_safetensors(path: Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
     from safetensors import safe_open
 
-    header_len = int.from_bytes(path.read_bytes()[:8], "little")
-    if header_len <= 0 or header_len > path.stat().st_size - 8:
-        raise CheckpointError(path, "not a dfanet checkpoint (neither safetensors nor a "
-                                    "torch training checkpoint)")
+    # The header alone (its length, then its JSON) says whether this is ours: a large file
+    # of something else is refused without reading it (a 2 GB file of zeros was read whole,
+    # 2.3 GB resident, before this).
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        if header_len <= 0 or header_len > min(path.stat().st_size - 8, _MAX_HEADER_BYTES):
+            raise CheckpointError(path, "not a dfanet checkpoint (neither safetensors nor a "
+                                        "torch training checkpoint)")
+        header = f.read(header_len)
+    try:
+        meta = json.loads(header).get("__metadata__") or {}
+    except (ValueError, AttributeError, RecursionError):
+        raise CheckpointError(path, "not a dfanet checkpoint (its safetensors header is not "
+                                    "a JSON object)") from None
+    if METADATA_KEY not in meta:
+        raise CheckpointError(path, f"safetensors file without '{METADATA_KEY}' metadata: "
+                                    "not a dfanet checkpoint")
+    card = _parse_card(path, meta[METADATA_KEY])
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for damaged files
         raise CheckpointError(path, f"corrupt or truncated safetensors file "
                                     f"({_first_line(e)})") from None
-    if METADATA_KEY not in meta:
-        raise CheckpointError(path, f"safetensors file without '{METADATA_KEY}' metadata: "
-                                    "not a dfanet checkpoint")
-    return _parse_card(path, meta[METADATA_KEY]), state
+    return card, state
 
 
 def _read_training_state(path: Path) -> tuple[ModelCard, dict[str, torch.Tensor], dict]:
