@@ -34,6 +34,10 @@ Without ros2cli:  ``dfanet-segmentation-node --ros-args -p checkpoint:=model.saf
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m: obey signals while the imports below take seconds
+    from dfanet_ros.startup import exit_on_stop_signals
+    exit_on_stop_signals()
+
 import signal
 import sys
 import threading
@@ -81,6 +85,7 @@ from .parameters import (
     PARAMETERS,
     NodeParameters,
 )
+from .startup import interrupt_on_stop_signals, stop_requested
 
 NODE_NAME = "dfanet_segmentation"
 CLASS_MAP_TOPIC = "segmentation/class_map"
@@ -178,10 +183,18 @@ class SegmentationNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _configure_failed(self, reason: str) -> TransitionCallbackReturn:
-        self.get_logger().error(f"cannot configure: {reason}")
         self._destroy_publishers()
         self._forget_engine()
+        self._stop_if_shut_down()
+        self.get_logger().error(f"cannot configure: {reason}")
         return TransitionCallbackReturn.FAILURE
+
+    def _stop_if_shut_down(self) -> None:
+        """A stop signal during a transition (the failure is its symptom, not an error):
+        leave the transition by KeyboardInterrupt, which the lifecycle machinery lets through
+        (it catches Exception), before it logs that its state change failed."""
+        if stop_requested() or not self.context.ok():
+            raise KeyboardInterrupt
 
     def _create_publishers(self, params: NodeParameters) -> None:
         """Lifecycle publishers of every output (ros2/demos lifecycle_py): made here, so that
@@ -232,9 +245,10 @@ class SegmentationNode(LifecycleNode):
                 self._diag_timer = self.create_timer(params.diagnostics_period,
                                                      self._publish_diagnostics)
         except Exception as e:  # undo what was made
-            self.get_logger().error(f"cannot activate: {e}")
             self._stop_processing()
             super().on_deactivate(state)
+            self._stop_if_shut_down()
+            self.get_logger().error(f"cannot activate: {e}")
             return TransitionCallbackReturn.FAILURE
         self.get_logger().info("active")
         return TransitionCallbackReturn.SUCCESS
@@ -502,17 +516,22 @@ def _descriptor(name: str, default: Any, description: str,
 
 
 def main(args: list[str] | None = None) -> int:
-    """Run the node until Ctrl-C; 1 when start-up fails (the reason is logged once)."""
-    rclpy.init(args=args)
+    """Run the node until SIGINT or SIGTERM (0); 1 when start-up fails (the reason is logged
+    once), 2 for a bad parameter.  A signal at any moment of start-up ends it with 0."""
+    # Before rclpy.init: a signal during it or the configure that follows ends the node
+    # quietly (a SIGTERM during configure once exited 1 with "cannot configure: RCLError ...
+    # context is invalid", a SIGINT in a safetensors load failed it as a corrupt file).
+    interrupt_on_stop_signals()
     node = None
     try:
+        rclpy.init(args=args)
         try:
             node = SegmentationNode()
         except ParameterException as e:  # a parameter override of the wrong type or range
             rclpy.logging.get_logger(NODE_NAME).error(f"bad parameter: {e}")
             return 2
         if node.autostart and not node.start():
-            return 1
+            return 0 if stop_requested() or not rclpy.ok() else 1
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
@@ -525,7 +544,8 @@ def main(args: list[str] | None = None) -> int:
     finally:
         # Ctrl-C under ros2 launch reaches the node twice (from the terminal, then forwarded
         # by launch): a second SIGINT must not cut the teardown short (exit -2, an ERROR line).
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         if node is not None:
             node._teardown()
             node.destroy_node()

@@ -250,7 +250,7 @@ def test_install_rules_cover_what_the_launch_names():
     assert re.search(r"install\(DIRECTORY [^)]*\blaunch\b[^)]*DESTINATION share/", cmake)
     script = REPO / "scripts" / "segmentation_node"
     assert os.access(script, os.X_OK) and script.read_text().startswith("#!/usr/bin/env python3")
-    assert "from dfanet_ros.segmentation_node import main" in script.read_text()
+    assert "from dfanet_ros.startup import main" in script.read_text()
     # test_node.py runs this script (a start-up failure and its exit status).
 
 
