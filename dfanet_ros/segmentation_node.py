@@ -287,7 +287,8 @@ class SegmentationNode(LifecycleNode):
             if camera.subscription is not None:
                 self.destroy_subscription(camera.subscription)
                 camera.subscription = None
-            camera.slot.close()
+            if camera.slot.close() is not None:  # a frame left waiting: never run
+                camera.stats.count("discarded")
         with self._engine_lock:  # the frame in flight, if any, ends here
             if self.engine is not None:
                 self.engine.release()
@@ -371,7 +372,10 @@ class SegmentationNode(LifecycleNode):
             except BadImage as e:
                 self._bad_frame(camera, e)
                 return
-        if camera.slot.put((msg, received, self.get_clock().now().nanoseconds)):
+        replaced = camera.slot.put((msg, received, self.get_clock().now().nanoseconds))
+        if replaced is None:  # the camera stopped meanwhile (deactivate)
+            camera.stats.count("discarded")
+        elif replaced:
             camera.stats.count("dropped")
 
     def _work(self, camera: _Camera, slot: LatestSlot) -> None:
@@ -384,7 +388,8 @@ class SegmentationNode(LifecycleNode):
             try:
                 self._process(camera, *item, slot=slot)
             except Exception as e:  # never let one frame end the camera's worker
-                if slot.closed or not self.context.ok():
+                if slot.closed or not self.context.ok():  # stopped under it: not a bad frame
+                    camera.stats.count("discarded")
                     return
                 self._bad_frame(camera, BadImage("engine", f"{type(e).__name__}: {e}"))
 
@@ -416,6 +421,7 @@ class SegmentationNode(LifecycleNode):
             # Deactivate closes the slot, then waits for this lock: a frame taken before that
             # but not started yet is not run, so deactivate waits for one frame's work at most.
             if self.engine is None or slot.closed:
+                camera.stats.count("discarded")
                 return
             result = self.engine.run(pixels, encoding, wanted, params.overlay_alpha,
                                      mean_confidence=want_mean)
@@ -445,7 +451,7 @@ class SegmentationNode(LifecycleNode):
                 model_height=h, model_width=w, device=self._device_name(),
                 dropped_frames=camera.stats.frames_lost_total))
             sent.append("info")
-        camera.stats.frame_done((published - received) * 1e3, sent)
+        camera.stats.frame_done((published - received) * 1e3, sent, received)
 
     def _bad_frame(self, camera: _Camera, error: BadImage) -> None:
         """Count a bad frame; warn at most every WARN_PERIOD_S per topic and fault."""
