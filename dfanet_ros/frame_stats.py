@@ -82,6 +82,7 @@ class CameraStats:
         self._latency: deque[float] = deque(maxlen=window)
         self._arrivals: deque[float] = deque(maxlen=window)  # of processed frames
         self._last_bad_total = 0
+        self._last_lost = 0
 
     def count(self, what: str, n: int = 1) -> None:
         """Add ``n`` to the counter ``what`` (received, dropped, lost, unwatched or
@@ -132,6 +133,7 @@ class CameraStats:
             bad_total = sum(self.bad.values())
             new_bad = bad_total - self._last_bad_total
             self._last_bad_total = bad_total
+            new_lost, self._last_lost = self.lost - self._last_lost, self.lost
             snap: dict[str, Any] = {
                 "frames_received": self.received, "frames_processed": self.processed,
                 "frames_dropped_newer": self.dropped, "frames_lost_dds": self.lost,
@@ -139,6 +141,7 @@ class CameraStats:
                 "frames_discarded": self.discarded,
                 "frames_bad": bad_total,
                 "frames_bad_since_last_report": new_bad,
+                "frames_lost_since_last_report": new_lost,
             }
             snap.update({f"bad_{fault}": n for fault, n in sorted(self.bad.items())})
             snap.update({f"published_{out}": n for out, n in sorted(self.published.items())})
