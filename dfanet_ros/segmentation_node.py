@@ -29,8 +29,8 @@ With ``autostart`` the node walks itself to active; if that fails it logs one er
 the process exits with status 1.  The launch file leaves ``autostart`` off and drives the
 transitions itself (or leaves them to a lifecycle manager).
 
-Without ros2cli:  ``dfanet-segmentation-node --ros-args -p checkpoint:=model.safetensors
--r camera/image_raw:=/front/image_raw``  (or ``python -m dfanet_ros.segmentation_node ...``).
+Without ros2cli:  ``dfanet-segmentation-node --ros-args -r camera/image_raw:=/front/image_raw``
+(the shipped model; or ``python -m dfanet_ros.segmentation_node ...``).
 """
 from __future__ import annotations
 
