@@ -78,6 +78,7 @@ from .conversions import (
     image_to_array,
 )
 from .frame_stats import CameraStats, LatestSlot, RunningMean
+from .heap import limit_arenas
 from .parameters import (
     CONFIDENCE_WINDOW,
     DYNAMIC_PARAMETERS,
@@ -550,6 +551,7 @@ def main(args: list[str] | None = None) -> int:
     # quietly (a SIGTERM during configure once exited 1 with "cannot configure: RCLError ...
     # context is invalid", a SIGINT in a safetensors load failed it as a corrupt file).
     interrupt_on_stop_signals()
+    limit_arenas()  # before the camera workers start (dfanet_ros.heap: the measurements)
     node = None
     try:
         rclpy.init(args=args)

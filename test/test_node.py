@@ -840,6 +840,44 @@ def test_extreme_aspect_frames_leave_the_node_resident_memory_as_it_was(checkpoi
         proc.stop()
 
 
+@pytest.mark.slow
+def test_one_off_raw_frames_leave_resident_memory_as_it_was(checkpoint, client):
+    """Raw mono8 frames of 16 M pixels in extreme shapes (1,000,000x16, 4,000,000x4,
+    16x1,000,000), every image output watched: each is planned for itself and freed, and
+    resident memory ends within 200 MB of where it began.  It once climbed 589 -> 986 MiB
+    and stayed: the freed buffers sat in the allocator's arenas."""
+    topic = "/huge_raw/image"
+    proc = NodeProcess(node_command(
+        {"checkpoint": checkpoint, "device": "cpu", "cpu_threads": 1, "backend": "eager",
+         "camera_topics": [topic], "input_reliability": "reliable", "input_depth": 5,
+         "diagnostics_period": 0.0}, remaps=[("__node", "dfanet_huge_raw")]), ros_env(DOMAIN))
+    cols = collectors(client, topic)
+    small = np.zeros((120, 160), np.uint8)
+    small[::3] = 90
+
+    def make(pixels):
+        return lambda stamp: image_message(pixels, "mono8", stamp)
+
+    try:
+        for _ in range(3):  # warm: plans, DDS buffers, the allocator's arenas
+            exchange(client, proc, topic, make(small), cols)
+        before = rss_mib(proc.proc.pid)
+        peaks = []
+        for shape in ((1_000_000, 16), (4_000_000, 4), (16, 1_000_000), (1_000_000, 16)):
+            big = np.zeros(shape, np.uint8)
+            big[::3] = 120
+            exchange(client, proc, topic, make(big), {"info": cols["info"]}, timeout=120.0)
+            exchange(client, proc, topic, make(small), cols)  # outputs' history: small again
+            peaks.append(round(rss_mib(proc.proc.pid)))
+        after = rss_mib(proc.proc.pid)
+        assert after - before < 200, \
+            f"resident {before:.0f} MiB before, {after:.0f} after; after each frame: {peaks}"
+        assert proc.alive()
+    finally:
+        close_all(cols)
+        proc.stop()
+
+
 def test_deactivate_waits_for_one_frame_at_most(checkpoint, ros_domain):
     """Deactivate once joined each camera's worker in turn: with a frame queued at the engine
     lock behind another, the lifecycle service was held for every camera's frame."""
