@@ -8,10 +8,11 @@ C library is not glibc:
   over four one-off 16 M-pixel mono8 frames and kept it; with it, 380 -> 526 MiB and flat.
 * ``limit_arenas`` before the worker threads start: glibc gives each thread an arena of its
   own, up to 8 per core, and each keeps its own freed memory.  Sixteen cameras of eight
-  sizes (so plans are made and dropped all the time) grew a node 359 -> 1300-1430 MiB in 20
-  s; with two arenas, 358 -> 880-1020 MiB, at the same frame rate.  Trimming after every
-  dropped plan bounded it better (630-790 MiB) but halved the frames answered, and a fixed
-  1 MiB mmap threshold made every 6 MB output message cost 6-7 ms instead of 1.2 ms.
+  sizes (so plans are made and dropped all the time) grew a node 359 -> 1290-1510 MiB within
+  20 s; with two arenas 1020-1250 MiB, at the same frame rate (runs interleaved, Intel Xeon
+  2 vCPUs).  Trimming after every dropped plan bounded it better (630-790 MiB) but cost
+  40% of the frames answered, trimming once a second too, and a fixed 1 MiB mmap threshold
+  made every 6 MB output message cost 6-7 ms instead of 1.2 ms.
 """
 from __future__ import annotations
 
