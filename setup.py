@@ -25,7 +25,7 @@ setup(
     entry_points={
         "console_scripts": [
             "dfanet = dfanet_tools.cli:main",
-            "dfanet-segmentation-node = dfanet_ros.segmentation_node:main",
+            "dfanet-segmentation-node = dfanet_ros.startup:main",
         ]
     },
 )

@@ -38,6 +38,7 @@ from .version import __version__
 FORMAT_VERSION = 1
 METADATA_KEY = "dfanet"  # the model card (JSON) in safetensors headers and exported graphs
 _ZIP_MAGIC = b"PK\x03\x04"
+_MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on a header
 
 
 class CheckpointError(ValueError):
@@ -55,6 +56,8 @@ class CheckpointError(ValueError):
 MAX_CLASSES = 255
 MAX_INPUT_SIDE = 8192
 MAX_INPUT_PIXELS = 4096 * 4096
+# A card nests 4 deep (metrics.val.iou[i]); room for extensions, far below Python's stack.
+MAX_CARD_DEPTH = 16
 
 
 class FieldError(ValueError):
@@ -225,6 +228,39 @@ def validate_training_state(payload: dict[str, Any]) -> None:
             _need_number(key, payload[key])
 
 
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _need_text(name: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FieldError(_printable(name)[:60], "not valid text (a lone surrogate: "
+                         f"{_printable(text)[:40]})") from None
+
+
+def _check_text(data: Any) -> None:
+    """Raise ``FieldError`` at the first value nested deeper than a card needs (code that
+    walks a card recursively would overflow Python's stack) or the first string (key or
+    value) that is not valid text: JSON's ``\\ud800`` escape decodes to a lone surrogate,
+    which no file or terminal can encode."""
+    pending: list[tuple[str, Any, int]] = [("", data, 0)]
+    while pending:  # a loop, not recursion: a card may nest as deep as json.loads allows
+        where, value, depth = pending.pop()
+        if depth > MAX_CARD_DEPTH:
+            raise FieldError(_printable(where)[:60], f"nested more than {MAX_CARD_DEPTH} deep")
+        if isinstance(value, str):
+            _need_text(where or "card", value)
+        elif isinstance(value, dict):
+            for key, child in value.items():
+                name = f"{where}.{key}" if where else key
+                _need_text(name, key)
+                pending.append((name, child, depth + 1))
+        elif isinstance(value, list):
+            pending.extend((f"{where}[{i}]", child, depth + 1) for i, child in enumerate(value))
+
+
 @dataclass
 class ModelCard:
     """Everything needed to use a set of weights, stored inside the checkpoint."""
@@ -256,7 +292,11 @@ class ModelCard:
 
     @classmethod
     def from_json(cls, text: str) -> "ModelCard":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except RecursionError:  # json recurses once per level: 100,000 ``[`` exhaust it
+            raise FieldError("card", "JSON nested too deeply") from None
+        _check_text(data)
         if not isinstance(data, dict):
             raise FieldError("card", f"must be a JSON object, got {_kind(data)}")
         names = {f.name for f in dataclasses.fields(cls)}
@@ -387,21 +427,31 @@ def read_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
 def _read_safetensors(path: Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
     from safetensors import safe_open
 
-    header_len = int.from_bytes(path.read_bytes()[:8], "little")
-    if header_len <= 0 or header_len > path.stat().st_size - 8:
-        raise CheckpointError(path, "not a dfanet checkpoint (neither safetensors nor a "
-                                    "torch training checkpoint)")
+    # The header alone (its length, then its JSON) says whether this is ours: a large file
+    # of something else is refused without reading it (a 2 GB file of zeros was read whole,
+    # 2.3 GB resident, before this).
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        if header_len <= 0 or header_len > min(path.stat().st_size - 8, _MAX_HEADER_BYTES):
+            raise CheckpointError(path, "not a dfanet checkpoint (neither safetensors nor a "
+                                        "torch training checkpoint)")
+        header = f.read(header_len)
+    try:
+        meta = json.loads(header).get("__metadata__") or {}
+    except (ValueError, AttributeError, RecursionError):
+        raise CheckpointError(path, "not a dfanet checkpoint (its safetensors header is not "
+                                    "a JSON object)") from None
+    if METADATA_KEY not in meta:
+        raise CheckpointError(path, f"safetensors file without '{METADATA_KEY}' metadata: "
+                                    "not a dfanet checkpoint")
+    card = _parse_card(path, meta[METADATA_KEY])
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for damaged files
         raise CheckpointError(path, f"corrupt or truncated safetensors file "
                                     f"({_first_line(e)})") from None
-    if METADATA_KEY not in meta:
-        raise CheckpointError(path, f"safetensors file without '{METADATA_KEY}' metadata: "
-                                    "not a dfanet checkpoint")
-    return _parse_card(path, meta[METADATA_KEY]), state
+    return card, state
 
 
 def _read_training_state(path: Path) -> tuple[ModelCard, dict[str, torch.Tensor], dict]:

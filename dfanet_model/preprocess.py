@@ -34,6 +34,9 @@ class Normalise(nn.Module):
     segmentation engine, the benchmarks, ``predict``) normalises here.
     """
 
+    scale: torch.Tensor
+    shift: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         # The constants in float32 arithmetic too, as the node's engine has always computed

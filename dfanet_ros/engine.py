@@ -52,6 +52,7 @@ from dfanet_model.preprocess import resize_image
 from dfanet_model.resources import checked_in_bf16
 
 from .encodings import ENCODING_CHANNELS, RGB_ORDER, YUV422_LAYOUT
+from .heap import return_freed_memory
 from .overlay import blend_overlay_
 
 log = logging.getLogger("dfanet.engine")
@@ -184,6 +185,9 @@ class SegmentationEngine:
         self._plans: OrderedDict[tuple[int, int, str], _Plan] = OrderedDict()
         self.plan_budget = int(plan_budget)
         self._last_single: tuple[int, int, str] | None = None
+        # A frame had a plan of its own (over the budget): trim the heap at the next frame,
+        # once that frame and its outputs are gone too (dfanet_ros.heap).
+        self._one_off_used = False
         log.info("engine: DFANet %s, %d classes, device %s%s, %s backend, model size %s",
                  self.card.variant, self.card.num_classes, self.device,
                  " fp16" if fp16 else "", self.backend, self.model_size
@@ -261,6 +265,9 @@ class SegmentationEngine:
         return sum(plan.nbytes for plan in self._plans.values())
 
     def _plan_for(self, height: int, width: int, encoding: str) -> tuple[_Plan, bool]:
+        if self._one_off_used:
+            self._one_off_used = False
+            return_freed_memory()
         key = (height, width, encoding)
         plan = self._plans.get(key)
         if plan is not None:
@@ -273,6 +280,7 @@ class SegmentationEngine:
         plan = self._make_plan(height, width, encoding, pinned=kept)
         if not kept:
             plan.kept = False
+            self._one_off_used = True
             if key != self._last_single:  # once per run of such frames, not at frame rate
                 log.info("engine: the plan for %dx%d %s needs %.0f MiB, above the %.0f MiB "
                          "budget: planned for each such frame alone", height, width,

@@ -29,10 +29,14 @@ With ``autostart`` the node walks itself to active; if that fails it logs one er
 the process exits with status 1.  The launch file leaves ``autostart`` off and drives the
 transitions itself (or leaves them to a lifecycle manager).
 
-Without ros2cli:  ``dfanet-segmentation-node --ros-args -p checkpoint:=model.safetensors
--r camera/image_raw:=/front/image_raw``  (or ``python -m dfanet_ros.segmentation_node ...``).
+Without ros2cli:  ``dfanet-segmentation-node --ros-args -r camera/image_raw:=/front/image_raw``
+(the shipped model; or ``python -m dfanet_ros.segmentation_node ...``).
 """
 from __future__ import annotations
+
+if __name__ == "__main__":  # python -m: obey signals while the imports below take seconds
+    from dfanet_ros.startup import exit_on_stop_signals
+    exit_on_stop_signals()
 
 import signal
 import sys
@@ -74,6 +78,7 @@ from .conversions import (
     image_to_array,
 )
 from .frame_stats import CameraStats, LatestSlot, RunningMean
+from .heap import limit_arenas
 from .parameters import (
     CONFIDENCE_WINDOW,
     DYNAMIC_PARAMETERS,
@@ -81,6 +86,7 @@ from .parameters import (
     PARAMETERS,
     NodeParameters,
 )
+from .startup import interrupt_on_stop_signals, stop_requested
 from .topics import CLASS_MAP_TOPIC, NODE_NAME, output_topic
 
 IMAGE_OUTPUTS = ("label", "color", "overlay", "confidence")
@@ -169,10 +175,18 @@ class SegmentationNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _configure_failed(self, reason: str) -> TransitionCallbackReturn:
-        self.get_logger().error(f"cannot configure: {reason}")
         self._destroy_publishers()
         self._forget_engine()
+        self._stop_if_shut_down()
+        self.get_logger().error(f"cannot configure: {reason}")
         return TransitionCallbackReturn.FAILURE
+
+    def _stop_if_shut_down(self) -> None:
+        """A stop signal during a transition (the failure is its symptom, not an error):
+        leave the transition by KeyboardInterrupt, which the lifecycle machinery lets through
+        (it catches Exception), before it logs that its state change failed."""
+        if stop_requested() or not self.context.ok():
+            raise KeyboardInterrupt
 
     def _create_publishers(self, params: NodeParameters) -> None:
         """Lifecycle publishers of every output (ros2/demos lifecycle_py): made here, so that
@@ -228,9 +242,10 @@ class SegmentationNode(LifecycleNode):
                 self._diag_timer = self.create_timer(params.diagnostics_period,
                                                      self._publish_diagnostics)
         except Exception as e:  # undo what was made
-            self.get_logger().error(f"cannot activate: {e}")
             self._stop_processing()
             super().on_deactivate(state)
+            self._stop_if_shut_down()
+            self.get_logger().error(f"cannot activate: {e}")
             return TransitionCallbackReturn.FAILURE
         self.get_logger().info("active")
         return TransitionCallbackReturn.SUCCESS
@@ -269,7 +284,8 @@ class SegmentationNode(LifecycleNode):
             if camera.subscription is not None:
                 self.destroy_subscription(camera.subscription)
                 camera.subscription = None
-            camera.slot.close()
+            if camera.slot.close() is not None:  # a frame left waiting: never run
+                camera.stats.count("discarded")
         with self._engine_lock:  # the frame in flight, if any, ends here
             if self.engine is not None:
                 self.engine.release()
@@ -328,6 +344,7 @@ class SegmentationNode(LifecycleNode):
     def _subscribe(self, camera: _Camera, qos: QoSProfile) -> Any:
         def lost(info: Any) -> None:
             camera.stats.count("lost", int(info.total_count_change))
+            self._warn_frames_lost(camera)
 
         msg_type = CompressedImage if camera.compressed else Image
         # Two parameters: rclpy passes the message info (publisher GID, sequence number) too.
@@ -353,7 +370,10 @@ class SegmentationNode(LifecycleNode):
             except BadImage as e:
                 self._bad_frame(camera, e)
                 return
-        if camera.slot.put((msg, received, self.get_clock().now().nanoseconds)):
+        replaced = camera.slot.put((msg, received, self.get_clock().now().nanoseconds))
+        if replaced is None:  # the camera stopped meanwhile (deactivate)
+            camera.stats.count("discarded")
+        elif replaced:
             camera.stats.count("dropped")
 
     def _work(self, camera: _Camera, slot: LatestSlot) -> None:
@@ -366,7 +386,8 @@ class SegmentationNode(LifecycleNode):
             try:
                 self._process(camera, *item, slot=slot)
             except Exception as e:  # never let one frame end the camera's worker
-                if slot.closed or not self.context.ok():
+                if slot.closed or not self.context.ok():  # stopped under it: not a bad frame
+                    camera.stats.count("discarded")
                     return
                 self._bad_frame(camera, BadImage("engine", f"{type(e).__name__}: {e}"))
 
@@ -398,6 +419,7 @@ class SegmentationNode(LifecycleNode):
             # Deactivate closes the slot, then waits for this lock: a frame taken before that
             # but not started yet is not run, so deactivate waits for one frame's work at most.
             if self.engine is None or slot.closed:
+                camera.stats.count("discarded")
                 return
             result = self.engine.run(pixels, encoding, wanted, params.overlay_alpha,
                                      mean_confidence=want_mean)
@@ -427,7 +449,24 @@ class SegmentationNode(LifecycleNode):
                 model_height=h, model_width=w, device=self._device_name(),
                 dropped_frames=camera.stats.frames_lost_total))
             sent.append("info")
-        camera.stats.frame_done((published - received) * 1e3, sent)
+        camera.stats.frame_done((published - received) * 1e3, sent, received)
+
+    def _warn_frames_lost(self, camera: _Camera) -> None:
+        """Once per topic: the middleware lost frames on their way to the node, and what keeps
+        them.  Best-effort frames of 25-50 MB (2160x3840 to 4096x4096 rgb8) were lost 4 of 4
+        from a camera on Fast DDS's default transports and 1 of 4 with the large-images
+        profile on both sides, until then with no word; with reliable input all 4 arrived."""
+        key = (camera.topic, "frames_lost")
+        if key in self._last_warning:
+            return
+        self._last_warning[key] = time.monotonic()
+        fix = ("input_reliability:=reliable, with a reliable publisher on the camera"
+               if self._params.input_reliability != "reliable" else
+               "the camera and the node both on config/fastdds_large_images.xml")
+        self.get_logger().warning(
+            f"{camera.topic}: frames lost by the middleware before reaching the node "
+            f"(frames_lost_dds in /diagnostics); large frames need {fix} (README: Large "
+            "images and DDS)")
 
     def _bad_frame(self, camera: _Camera, error: BadImage) -> None:
         """Count a bad frame; warn at most every WARN_PERIOD_S per topic and fault."""
@@ -460,6 +499,10 @@ class SegmentationNode(LifecycleNode):
             if snap["frames_bad_since_last_report"]:
                 level = DiagnosticStatus.WARN
                 message = f"{snap['frames_bad_since_last_report']} bad frame(s)"
+            elif snap["frames_lost_since_last_report"]:
+                level = DiagnosticStatus.WARN
+                message = (f"{snap['frames_lost_since_last_report']} frame(s) lost by the "
+                           "middleware (large frames: see the node's log)")
             elif confidence is not None and confidence < floor:
                 level = DiagnosticStatus.WARN
                 message = (f"mean confidence {confidence:.2f} below {floor:.2f}: the scene may "
@@ -498,17 +541,23 @@ def _descriptor(name: str, default: Any, description: str,
 
 
 def main(args: list[str] | None = None) -> int:
-    """Run the node until Ctrl-C; 1 when start-up fails (the reason is logged once)."""
-    rclpy.init(args=args)
+    """Run the node until SIGINT or SIGTERM (0); 1 when start-up fails (the reason is logged
+    once), 2 for a bad parameter.  A signal at any moment of start-up ends it with 0."""
+    # Before rclpy.init: a signal during it or the configure that follows ends the node
+    # quietly (a SIGTERM during configure once exited 1 with "cannot configure: RCLError ...
+    # context is invalid", a SIGINT in a safetensors load failed it as a corrupt file).
+    interrupt_on_stop_signals()
+    limit_arenas()  # before the camera workers start (dfanet_ros.heap: the measurements)
     node = None
     try:
+        rclpy.init(args=args)
         try:
             node = SegmentationNode()
         except ParameterException as e:  # a parameter override of the wrong type or range
             rclpy.logging.get_logger(NODE_NAME).error(f"bad parameter: {e}")
             return 2
         if node.autostart and not node.start():
-            return 1
+            return 0 if stop_requested() or not rclpy.ok() else 1
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
@@ -521,7 +570,8 @@ def main(args: list[str] | None = None) -> int:
     finally:
         # Ctrl-C under ros2 launch reaches the node twice (from the terminal, then forwarded
         # by launch): a second SIGINT must not cut the teardown short (exit -2, an ERROR line).
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         if node is not None:
             node._teardown()
             node.destroy_node()

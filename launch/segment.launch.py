@@ -19,7 +19,9 @@ camera driver needs the same (README: "Large images and DDS").
 
 What to launch is decided by ``plan`` from the argument strings alone, in plain Python with
 no launch imports, so the package's tests check it without a ROS install;
-``_launch_setup`` only turns the plan into launch actions.
+``_launch_setup`` only turns the plan into launch actions.  A ``params_file`` that cannot be
+read ends the launch with status 1 and a line naming it (launch_ros alone warns and starts the
+node on its built-in defaults).
 """
 from __future__ import annotations
 
@@ -105,6 +107,12 @@ def plan(args: dict[str, str], share: str, rviz_installed: bool) -> Plan:
             warnings.append("rviz:=true but the rviz2 package is not installed: starting the "
                             "segmentation node without it")
     params_file = args["params_file"] or os.path.join(share, "config", "segment.yaml")
+    try:  # launch_ros would only warn and start the node on its built-in defaults
+        with open(params_file, encoding="utf-8") as f:
+            f.read(1)
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise ValueError(f"params_file {params_file}: cannot be read: {reason}") from None
     return Plan(namespace=args["namespace"].strip(),
                 parameters=[params_file, overrides],
                 ros_arguments=["--log-level", level], environment=environment,
@@ -134,13 +142,13 @@ def _launch_setup(context):
     from ament_index_python.packages import get_package_share_directory
     from launch.actions import (
         EmitEvent,
-        LogInfo,
         OpaqueFunction,
         RegisterEventHandler,
         SetEnvironmentVariable,
     )
     from launch.event_handlers import OnProcessExit
     from launch.events import Shutdown, matches_action
+    from launch.logging import get_logger
     from launch.substitutions import LaunchConfiguration
     from launch_ros.actions import LifecycleNode, Node
     from launch_ros.event_handlers import OnStateTransition
@@ -151,7 +159,8 @@ def _launch_setup(context):
     p = plan(args, get_package_share_directory(PACKAGE), rviz_installed=_installed("rviz2"))
 
     actions: list[Any] = [SetEnvironmentVariable(k, v) for k, v in p.environment.items()]
-    actions += [LogInfo(msg=f"[WARNING] {text}") for text in p.warnings]
+    for text in p.warnings:  # at WARNING level (LogInfo logs at INFO, whatever it says)
+        get_logger("launch.user").warning(text)
     node = LifecycleNode(package=PACKAGE, executable=EXECUTABLE, name=NODE_NAME,
                          namespace=p.namespace, parameters=p.parameters,
                          ros_arguments=p.ros_arguments, output="screen", emulate_tty=True)

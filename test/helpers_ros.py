@@ -55,6 +55,20 @@ def make_checkpoint(path: Path, variant: str = "B", input_size: tuple[int, int] 
     return path
 
 
+def in_process_node(context: Any, checkpoint: Path, cameras: list[str], **params: Any) -> Any:
+    """The segmentation node in this process on ``context``: CPU, eager, no autostart and no
+    /diagnostics unless ``params`` say otherwise."""
+    from rclpy.parameter import Parameter
+
+    from dfanet_ros.segmentation_node import SegmentationNode
+
+    values = {"checkpoint": str(checkpoint), "autostart": False, "device": "cpu",
+              "backend": "eager", "camera_topics": cameras, "diagnostics_period": 0.0,
+              **params}
+    return SegmentationNode(context=context, parameter_overrides=[
+        Parameter(name, value=value) for name, value in values.items()])
+
+
 @contextlib.contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Run torch on ``n`` threads (on a loaded 2-core machine one thread is several times

@@ -79,3 +79,42 @@ def test_bad_files_are_named(tmp_path, training_checkpoint, capsys):
     assert f"checkpoint {broken}: corrupt or truncated torch file" in capsys.readouterr().err
     assert main(["checkpoint", "slim", str(training_checkpoint), str(tmp_path / "x.pt")]) == 2
     assert "x.pt: the deployable file must end in .safetensors" in capsys.readouterr().err
+
+
+def _foreign_safetensors(path):
+    """A safetensors header without a model card, before 2 GB of (sparse) tensor data."""
+    header = json.dumps({"x": {"dtype": "U8", "shape": [2**31],
+                               "data_offsets": [0, 2**31]}}).encode()
+    with open(path, "wb") as f:
+        f.write(len(header).to_bytes(8, "little") + header)
+        f.truncate(8 + len(header) + 2**31)
+
+
+@pytest.mark.parametrize("kind, text", [
+    ("zeros", "not a dfanet checkpoint"),
+    ("foreign", "safetensors file without 'dfanet' metadata"),
+])
+def test_inspect_reads_only_the_header_of_a_large_file(tmp_path, kind, text):
+    """2 GB files (sparse: no disk used) are refused from their first bytes: the command's
+    peak resident memory stays that of the interpreter (2.3 GB when the file was read)."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / f"{kind}.safetensors"
+    if kind == "zeros":
+        with open(path, "wb") as f:
+            f.truncate(2**31)
+    else:
+        _foreign_safetensors(path)
+    proc = subprocess.Popen([sys.executable, "-m", "dfanet_tools.cli", "checkpoint", "inspect",
+                             str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    err = proc.stderr.read()
+    proc.stdout.close()
+    proc.stderr.close()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 1 and err.count("\n") == 1 and text in err, err
+    peak_mib = usage.ru_maxrss / 1024  # KiB on Linux
+    assert peak_mib < 700, f"peak resident {peak_mib:.0f} MiB for a 2 GiB file"

@@ -1,8 +1,10 @@
 """Every malformed field of a model card or training state is refused at load, in one line that
 names the file and the field, by every tool: no traceback, a non-zero exit."""
 import contextlib
+import dataclasses
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -60,16 +62,19 @@ def run_main(argv: list[str]) -> tuple[int, str, str]:
 def assert_one_line_refusal(code: int, err: str, path, field: str | None = None) -> None:
     assert code != 0, err
     assert "Traceback" not in err and err.count("\n") == 1, err
+    err.encode("utf-8")  # printable: no lone surrogate echoed back
     assert f"checkpoint {path}: " in err, err
     if field is not None:
         assert f"{path}: {field}" in err, err
 
 
+# Text includes lone surrogates (JSON's "\\ud800" escape decodes to one), which no file or
+# terminal can encode.
+texts = st.text(max_size=8) | st.text(st.characters(categories=["Cs", "Ll"]), max_size=4)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-10**12, 10**12)
-    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=12) | st.dictionaries(st.text(max_size=6), inner,
-                                                                  max_size=4),
+    | st.floats(allow_nan=True, allow_infinity=True) | texts,
+    lambda inner: st.lists(inner, max_size=12) | st.dictionaries(texts, inner, max_size=4),
     max_leaves=16)
 fields = st.sampled_from(sorted(json.loads(camvid_card().to_json())))
 
@@ -80,7 +85,19 @@ def _mutations():
                               "provenance.train_seconds", "provenance.iterations",
                               "provenance.created", "class_colors.0", "class_names.3",
                               "input_size.0", "std.1", "mean.2"])
-    return st.tuples(fields | nested, json_values)
+    return st.tuples(fields | nested, json_values | st.builds(Deep, st.integers(1, 100_000)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Deep:
+    """A value written as ``depth`` nested JSON lists (json.dumps itself would recurse)."""
+
+    depth: int
+
+    @staticmethod
+    def dumps(card: dict) -> str:
+        text = json.dumps(card, default=lambda v: f"__nested_{v.depth}__")
+        return re.sub(r'"__nested_(\d+)__"', lambda m: "[" * int(m[1]) + "]" * int(m[1]), text)
 
 
 def _set(card: dict, dotted: str, value) -> None:
@@ -103,13 +120,15 @@ def test_any_mutated_card_field_loads_or_is_one_line(tmp_path_factory, tensors, 
     card = json.loads(camvid_card().to_json())
     _set(card, dotted, value)
     path = tmp_path_factory.mktemp("fuzz") / "m.safetensors"
-    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(card)})
+    save_file(tensors, str(path), metadata={METADATA_KEY: Deep.dumps(card)})
     code, out, err = run_main(["checkpoint", "inspect", str(path)])
     if code == 0:  # accepted: then it reads back as a card that every tool can use
         assert err == "" and "DFANet B" in out
-        ModelCard.from_json(json.dumps(card))
+        out.encode("utf-8")
+        ModelCard.from_json(Deep.dumps(card))
     else:
-        assert_one_line_refusal(code, err, path, field=dotted.split(".")[0])
+        deep = isinstance(value, Deep) and "card: JSON nested too deeply" in err
+        assert_one_line_refusal(code, err, path, field="card" if deep else dotted.split(".")[0])
 
 
 @pytest.mark.parametrize("field, value, text", [
@@ -181,14 +200,26 @@ class _Evil:
         return (print, ("this must never run",))
 
 
+BAD_CARDS = {  # name: (field, value, what the one line says)
+    "nan_std": ("std", [0.2, float("nan"), 0.2], "std[1]: must be finite, got nan"),
+    "deep": ("metrics", Deep(100_000), "card: JSON nested too deeply"),
+    "surrogate": ("dataset", "camvid \ud800", "dataset: not valid text (a lone surrogate: "
+                  "camvid \\ud800)"),
+}
+
+
+@pytest.mark.parametrize("card_case", sorted(BAD_CARDS))
 @pytest.mark.parametrize("command", ["inspect", "eval", "export"])
 @pytest.mark.slow
-def test_tools_exit_non_zero_with_one_line(tmp_path, tensors, sample_camvid, command):
-    """The real executables, as a user runs them: NaN in std, a card asking for 100000^2."""
+def test_tools_exit_non_zero_with_one_line(tmp_path, tensors, sample_camvid, command,
+                                           card_case):
+    """The real executables, as a user runs them: NaN in std, a card nested 100,000 deep, a
+    lone surrogate (each once a traceback, or for the surrogate, exit 1 and no message)."""
+    field, value, text = BAD_CARDS[card_case]
     card = json.loads(camvid_card().to_json())
-    card["std"] = [0.2, float("nan"), 0.2]
-    bad = tmp_path / "nan_std.safetensors"
-    save_file(tensors, str(bad), metadata={METADATA_KEY: json.dumps(card)})
+    card[field] = value
+    bad = tmp_path / f"{card_case}.safetensors"
+    save_file(tensors, str(bad), metadata={METADATA_KEY: Deep.dumps(card)})
     argv = {"inspect": ["checkpoint", "inspect", str(bad)],
             "eval": ["eval", str(bad), "--data", str(sample_camvid), "--split", "test"],
             "export": ["export", str(bad), "--format", "onnx", "--out",
@@ -197,4 +228,4 @@ def test_tools_exit_non_zero_with_one_line(tmp_path, tensors, sample_camvid, com
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
-    assert f"checkpoint {bad}: std[1]: must be finite, got nan" in proc.stderr
+    assert f"checkpoint {bad}: {text}" in proc.stderr, proc.stderr

@@ -46,6 +46,7 @@ LAUNCH_API = {
                        "RegisterEventHandler", "SetEnvironmentVariable"},
     "launch.event_handlers": {"OnProcessExit"},
     "launch.events": {"Shutdown", "matches_action"},
+    "launch.logging": {"get_logger"},
     "launch.substitutions": {"LaunchConfiguration"},
     "launch_ros.actions": {"LifecycleNode", "Node"},
     "launch_ros.event_handlers": {"OnStateTransition"},
@@ -169,6 +170,66 @@ def test_arguments_become_node_settings(launch, defaults):
         plan(launch, defaults, autostart="maybe")
 
 
+def test_a_params_file_that_cannot_be_read_stops_the_launch(launch, defaults, tmp_path):
+    """launch_ros alone only warned about a missing params file and started the node on its
+    built-in defaults.  The plan refuses it, naming it; an exception in the launch's
+    OpaqueFunction ends ``ros2 launch`` with status 1 and that one line."""
+    missing = tmp_path / "nonexistent.yaml"
+    with pytest.raises(ValueError, match=f"params_file {missing}: cannot be read: No such"):
+        plan(launch, defaults, params_file=str(missing))
+    with pytest.raises(ValueError, match=f"params_file {tmp_path}: cannot be read: Is a dir"):
+        plan(launch, defaults, params_file=str(tmp_path))
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ValueError, match=f"params_file {binary}: cannot be read"):
+        plan(launch, defaults, params_file=str(binary))
+    readable = tmp_path / "mine.yaml"
+    readable.write_text("/**:\n  ros__parameters:\n    device: cpu\n")
+    assert plan(launch, defaults, params_file=str(readable)).parameters[0] == str(readable)
+
+
+def readme_ros2_run() -> list[str]:
+    """The README's ``ros2 run`` example, its continuation lines joined, comments dropped."""
+    lines = (REPO / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("ros2 run "))
+    text = ""
+    for line in lines[start:]:
+        code = line.split("#")[0].strip()
+        text += " " + code.rstrip("\\")
+        if not code.endswith("\\"):
+            break
+    return text.split()
+
+
+@pytest.mark.slow
+def test_the_readme_ros2_run_example_runs_as_written(ros_domain):
+    """The example once named a checkpoint, model.safetensors, that nobody has: as written it
+    exited 1.  Run through the executable ``ros2 run`` starts, it goes active on the shipped
+    model with the camera remapped."""
+    argv = readme_ros2_run()
+    assert argv[:4] == ["ros2", "run", "dfanet_ros", "segmentation_node"], argv
+    command = [sys.executable, str(REPO / "scripts" / "segmentation_node"), *argv[4:]]
+    with NodeProcess(command, ros_env(ros_domain)) as proc:
+        wait_for(lambda: "]: active" in proc.output(), 90.0, "the node to go active", proc)
+        output = proc.output()
+    assert "dfanet_camvid.safetensors" in output and "/front/image_raw -> /front/segmentation/*" \
+        in output, output
+
+
+def test_plan_warnings_are_logged_at_warning_level():
+    """The rviz-missing warning went out through LogInfo, at INFO with a "[WARNING]" prefix:
+    each of the plan's warnings goes to launch's logger at WARNING."""
+    tree = ast.parse(LAUNCH.read_text(), str(LAUNCH))
+    setup = next(n for n in ast.walk(tree)
+                 if isinstance(n, ast.FunctionDef) and n.name == "_launch_setup")
+    loops = [n for n in ast.walk(setup) if isinstance(n, ast.For)
+             and ast.unparse(n.iter) == "p.warnings"]
+    assert len(loops) == 1, "p.warnings must be logged in one loop"
+    calls = [ast.unparse(c.func) for c in ast.walk(loops[0]) if isinstance(c, ast.Call)]
+    assert any(c.startswith("get_logger(") and c.endswith(").warning") for c in calls), calls
+    assert "LogInfo" not in ast.unparse(setup)
+
+
 def launched_command(p, tmp_path) -> list[str]:
     """The command launch_ros builds for the node from a plan: each parameters entry in order
     (a dict written to a YAML file under the node's full name), the namespace, ROS args."""
@@ -267,7 +328,7 @@ def test_install_rules_cover_what_the_launch_names():
     assert re.search(r"install\(DIRECTORY [^)]*\blaunch\b[^)]*DESTINATION share/", cmake)
     script = REPO / "scripts" / "segmentation_node"
     assert os.access(script, os.X_OK) and script.read_text().startswith("#!/usr/bin/env python3")
-    assert "from dfanet_ros.segmentation_node import main" in script.read_text()
+    assert "from dfanet_ros.startup import main" in script.read_text()
     # test_node.py runs this script (a start-up failure and its exit status).
 
 

@@ -8,7 +8,7 @@ import types
 
 import numpy as np
 import pytest
-from helpers_ros import image_message, make_checkpoint, wait_for
+from helpers_ros import image_message, in_process_node, make_checkpoint, wait_for
 
 pytestmark = [pytest.mark.ros, pytest.mark.usefixtures("one_thread")]
 
@@ -30,15 +30,7 @@ def context(ros_domain):
     rclpy.try_shutdown(context=context)
 
 
-def make_node(context, checkpoint, cameras: list[str]):
-    from rclpy.parameter import Parameter
-
-    from dfanet_ros.segmentation_node import SegmentationNode
-
-    return SegmentationNode(context=context, parameter_overrides=[
-        Parameter("checkpoint", value=str(checkpoint)), Parameter("autostart", value=False),
-        Parameter("device", value="cpu"), Parameter("backend", value="eager"),
-        Parameter("camera_topics", value=cameras), Parameter("diagnostics_period", value=0.0)])
+make_node = in_process_node
 
 
 def bad_frame(stamp: tuple[int, int]):

@@ -249,6 +249,59 @@ def test_bad_settings_are_named(tmp_path, sample_camvid, capsys):
     assert "CamVid root" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory, sample_camvid):
+    """A run stopped after one of two iterations: its last.pt is a real training state."""
+    run_dir = tmp_path_factory.mktemp("stopped")
+    torch.set_num_threads(1)
+    assert main(train_args(run_dir, sample_camvid, ["--stop-after", "1"], iterations=2,
+                           val_split="null", save_every=100)) == 0
+    return run_dir
+
+
+def _momentum(state):
+    first = next(iter(state["optimizer"]["state"].values()))
+    first["momentum_buffer"] = torch.zeros(3)
+
+
+@pytest.mark.parametrize("change, text", [
+    (lambda s: s.pop("scheduler"), "scheduler: missing (a resume needs it)"),
+    (lambda s: s.pop("optimizer"), "optimizer: missing (a resume needs it)"),
+    (lambda s: s.pop("iteration"), "iteration: missing (a resume needs it)"),
+    (lambda s: s.pop("rng"), "rng: missing (a resume needs it)"),
+    (lambda s: s.update(scheduler={}), "scheduler.base_lrs: missing"),
+    (lambda s: s["scheduler"].update(last_epoch="1"),
+     "scheduler.last_epoch: must be an integer, got str"),
+    (lambda s: s["rng"][0].update(torch=torch.zeros(5, dtype=torch.uint8)),
+     "rng[0]: not a random generator state"),
+    (lambda s: s["rng"][0].pop("numpy"), "rng[0]: not a random generator state (missing"),
+    (lambda s: s.update(rng=[]), "rng: empty"),
+    (lambda s: s["optimizer"]["param_groups"].append(dict(s["optimizer"]["param_groups"][0])),
+     "optimizer.param_groups: 2 group(s), but this model's optimiser has 1"),
+    (lambda s: s["optimizer"]["param_groups"][0]["params"].pop(),
+     "optimizer.param_groups[0].params: "),
+    (_momentum, "optimizer.state[0].momentum_buffer: shape (3,), but its parameter has"),
+], ids=["no_scheduler", "no_optimizer", "no_iteration", "no_rng", "empty_scheduler",
+        "scheduler_type", "bad_torch_rng", "rng_without_numpy", "empty_rng", "extra_group",
+        "fewer_params", "momentum_shape"])
+@pytest.mark.slow
+def test_unresumable_training_state_is_one_line(stopped_run, tmp_path, sample_camvid, capsys,
+                                                change, text):
+    """``--resume`` on a state that lacks an entry or does not fit the job: one line naming
+    the file and the field, exit 1, never torch's traceback at load or at the first step."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    state = torch.load(stopped_run / "last.pt", weights_only=True)
+    change(state)
+    torch.save(state, run_dir / "last.pt")
+    capsys.readouterr()
+    assert main(train_args(run_dir, sample_camvid, ["--resume"], iterations=2,
+                           val_split="null", save_every=100)) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert f"dfanet train: checkpoint {run_dir / 'last.pt'}: {text}" in err, err
+
+
 @pytest.mark.slow
 def test_existing_run_needs_resume(trained_run, sample_camvid, capsys):
     assert main(train_args(trained_run, sample_camvid)) == 1

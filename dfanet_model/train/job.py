@@ -7,6 +7,7 @@ uninterrupted one bit for bit.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from torch import nn
 
 from .. import distributed as dist_utils
 from ..augment import BatchAugment
-from ..checkpoint import CheckpointError, LoadedCheckpoint, read_checkpoint
+from ..checkpoint import CheckpointError, FieldError, LoadedCheckpoint, read_checkpoint
 from ..data import SegmentationSplit, load_split, sample_indices
 from ..evaluate import EvalResult, autocast, evaluate, split_batches
 from ..losses import OhemCrossEntropy
@@ -150,8 +151,14 @@ class Job:
                 **({} if self.ema is None else {"ema": self.ema.module.state_dict()})}
 
     def load_state(self, ckpt: LoadedCheckpoint) -> None:
-        """Continue from a saved training state (the RNG states are restored separately)."""
+        """Continue from a saved training state (the RNG states are restored separately).
+
+        A state this job cannot continue from raises ``CheckpointError`` naming the field."""
         ts = ckpt.training_state
+        try:
+            check_resumable(ts, self.optimizer, self.generator)
+        except FieldError as e:
+            raise CheckpointError(ckpt.path, str(e)) from None
         self.model.load_state_dict(ckpt.state_dict, strict=True)
         self.optimizer.load_state_dict(ts["optimizer"])
         # LambdaLR's state carries the old PolyLR's fields; keep this run's schedule (the
@@ -168,7 +175,12 @@ class Job:
             self.scaler.load_state_dict(ts["scaler"])
         if self.ema is not None:
             # A run that starts averaging on resume starts from the weights it resumes.
-            self.ema.module.load_state_dict(ts.get("ema", ckpt.state_dict), strict=True)
+            average = ts.get("ema", ckpt.state_dict)
+            shapes = {k: v.shape for k, v in self.ema.module.state_dict().items()}
+            if {k: v.shape for k, v in average.items()} != shapes:
+                raise CheckpointError(ckpt.path, "ema: its tensors do not fit this model's "
+                                                 "(names or shapes differ)")
+            self.ema.module.load_state_dict(average, strict=True)
 
 
 def build_job(cfg: TrainConfig, ctx: dist_utils.Context) -> Job:
@@ -216,6 +228,85 @@ def evaluate_split(model: nn.Module, data: SegmentationSplit, cfg: TrainConfig,
                     size=cfg.eval_size, precision=cfg.precision,
                     channels_last=cfg.channels_last, reduce=reduce)
 
+
+
+RESUME_FIELDS = ("optimizer", "scheduler", "iteration", "rng")
+
+
+def check_resumable(ts: dict[str, Any], optimizer: torch.optim.Optimizer,
+                    generator: torch.Generator) -> None:
+    """Raise ``FieldError`` unless ``ts`` (a read, type-checked training state) has every
+    entry a resume needs and each fits this job: the optimiser's groups and buffers, the
+    scheduler's fields and the random generators' states.  Loading would otherwise fail
+    late, with torch's own error, or, for a momentum buffer of the wrong shape, at the first
+    step."""
+    for name in RESUME_FIELDS:
+        if name not in ts:
+            raise FieldError(name, "missing (a resume needs it)")
+    groups, saved = optimizer.param_groups, ts["optimizer"]["param_groups"]
+    if len(saved) != len(groups):
+        raise FieldError("optimizer.param_groups", f"{len(saved)} group(s), but this model's "
+                                                   f"optimiser has {len(groups)}")
+    params: dict[Any, torch.Tensor] = {}
+    for i, (old, new) in enumerate(zip(saved, groups, strict=True)):
+        ids = old.get("params")
+        if not isinstance(ids, list) or len(ids) != len(new["params"]):
+            got = len(ids) if isinstance(ids, list) else type(ids).__name__
+            raise FieldError(f"optimizer.param_groups[{i}].params",
+                             f"{got} parameters, but this model has {len(new['params'])}")
+        params.update(zip(ids, new["params"], strict=True))
+    for key, entry in ts["optimizer"]["state"].items():
+        if key not in params:
+            raise FieldError(f"optimizer.state[{key!r:.20}]", "names no parameter of a group")
+        if not isinstance(entry, dict):
+            raise FieldError(f"optimizer.state[{key}]", f"must be a dict, got "
+                                                        f"{type(entry).__name__}")
+        for buf, value in entry.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 \
+                    and value.shape != params[key].shape:
+                raise FieldError(f"optimizer.state[{key}].{buf}",
+                                 f"shape {tuple(value.shape)}, but its parameter has "
+                                 f"{tuple(params[key].shape)}")
+    sched = ts["scheduler"]
+    for name, kind, what in (("base_lrs", list, "a list"), ("lr_lambdas", list, "a list"),
+                             ("last_epoch", int, "an integer")):
+        if name not in sched:
+            raise FieldError(f"scheduler.{name}", "missing")
+        if not isinstance(sched[name], kind) or isinstance(sched[name], bool):
+            raise FieldError(f"scheduler.{name}", f"must be {what}, got "
+                                                  f"{type(sched[name]).__name__}")
+    for name in ("base_lrs", "lr_lambdas"):
+        if len(sched[name]) != len(groups):
+            raise FieldError(f"scheduler.{name}", f"must hold {len(groups)} value(s), got "
+                                                  f"{len(sched[name])}")
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+               for x in sched["base_lrs"]):
+        raise FieldError("scheduler.base_lrs", "must hold finite numbers")
+    if not all(x is None or isinstance(x, dict) for x in sched["lr_lambdas"]):
+        raise FieldError("scheduler.lr_lambdas", "must hold dicts")
+    if sched["last_epoch"] < 0:
+        raise FieldError("scheduler.last_epoch", f"must be >= 0, got {sched['last_epoch']}")
+    check_rng_states(ts["rng"], generator)
+
+
+def check_rng_states(states: list[Any], generator: torch.Generator) -> None:
+    """Raise ``FieldError`` unless every saved per-process RNG state can be restored (tried on
+    a scratch generator; this process's generators are left as they were)."""
+    if not states:
+        raise FieldError("rng", "empty: it must hold one state per process")
+    kept = rng_state(generator)
+    try:
+        for i, state in enumerate(states):
+            try:
+                set_rng_state(state, torch.Generator())
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError,
+                    AttributeError) as e:
+                reason = str(e).splitlines()[0] if str(e).strip() else ""
+                what = f"missing {reason}" if isinstance(e, KeyError) else reason
+                raise FieldError(f"rng[{i}]", f"not a random generator state "
+                                              f"({what or type(e).__name__})"[:200]) from None
+    finally:
+        set_rng_state(kept, generator)
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:

@@ -139,5 +139,7 @@ class RunDir:
                   f"frame order changes from here on", file=sys.stderr)
         self.job.load_state(ckpt)
         self.latest = dict(ckpt.card.metrics)
-        return (Progress(ts["iteration"], ts["best_miou"], ts["best_iteration"],
-                         ts["elapsed_s"]), ts["rng"])
+        first = Progress()  # entries a resume can do without: as at the start of a run
+        return (Progress(ts["iteration"], ts.get("best_miou", first.best_miou),
+                         ts.get("best_iteration", first.best_iteration),
+                         ts.get("elapsed_s", first.elapsed_s)), ts["rng"])
