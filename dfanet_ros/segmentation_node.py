@@ -35,7 +35,7 @@ Without ros2cli:  ``dfanet-segmentation-node --ros-args -r camera/image_raw:=/fr
 from __future__ import annotations
 
 if __name__ == "__main__":  # python -m: obey signals while the imports below take seconds
-    from dfanet_ros.startup import exit_on_stop_signals
+    from dfanet_ros.stop_signals import exit_on_stop_signals
     exit_on_stop_signals()
 
 import signal
@@ -86,7 +86,7 @@ from .parameters import (
     PARAMETERS,
     NodeParameters,
 )
-from .startup import interrupt_on_stop_signals, stop_requested
+from .stop_signals import interrupt_on_stop_signals, stop_requested
 from .topics import CLASS_MAP_TOPIC, NODE_NAME, output_topic
 
 IMAGE_OUTPUTS = ("label", "color", "overlay", "confidence")
@@ -573,8 +573,16 @@ def main(args: list[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
         if node is not None:
-            node._teardown()
-            node.destroy_node()
+            try:
+                node._teardown()
+                node.destroy_node()
+            except Exception:
+                # A stop signal's KeyboardInterrupt can land inside rclpy's own bookkeeping
+                # (seen: between making a publisher and registering its event handlers, so
+                # destroy_node failed with "list.remove(x): x not in list"); the half-made
+                # entity dies with the process, which was asked to end.
+                if not stop_requested():
+                    raise
         rclpy.try_shutdown()
     return 0
 

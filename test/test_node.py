@@ -47,7 +47,8 @@ CAMERA, COMPRESSED, LAZY, FUZZ = ("/camera/image", "/camera2/image/compressed",
 # Where each camera's outputs go, written out (not computed by the node's own rule).
 OUTPUTS = {CAMERA: "/camera/segmentation", COMPRESSED: "/camera2/segmentation",
            LAZY: "/lazy/segmentation", FUZZ: "/fuzz/segmentation",
-           "/huge/image/compressed": "/huge/segmentation"}
+           "/huge/image/compressed": "/huge/segmentation",
+           "/huge_raw/image": "/huge_raw/segmentation"}
 MAX_PIXELS = 1_000_000
 PALETTE = np.asarray(CAMVID.colors, np.uint8)
 _stamps = itertools.count(1000)
