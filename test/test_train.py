@@ -332,7 +332,9 @@ def test_cpu_campaign_script_runs_and_resumes_pieces(tmp_path, sample_camvid):
     script = REPO / "scripts" / "cpu_train.sh"
     run_dir, curves = tmp_path / "run", tmp_path / "curves.png"
     sets = []
-    for key, value in {**TINY, "eval_every": 2, "eval_size": "[90,120]"}.items():
+    # The tiny B starts from scratch, not from the campaign's A.
+    for key, value in {**TINY, "eval_every": 2, "eval_size": "[90,120]",
+                       "init_weights": "null"}.items():
         sets += ["--set", f"{key}={value}"]
     env = dict(os.environ, RUN_DIR=str(run_dir), DATA=str(sample_camvid), CURVES=str(curves),
                MINUTES="5", PROCESSES="1", DFANET_VENV=str(Path(sys.executable).parents[1]))
@@ -387,11 +389,14 @@ def test_disk_full_during_training_is_one_line_and_keeps_the_last_checkpoint(tmp
 
 
 @pytest.mark.parametrize("name", ["train_camvid.yaml", "train_camvid_cpu.yaml",
-                                  "train_cityscapes.yaml"])
+                                  "train_camvid_cpu2.yaml", "train_cityscapes.yaml"])
 def test_shipped_training_configs_load(name):
     from dfanet_model.train import load_config
     cfg = load_config(REPO / "config" / name)
     assert cfg.variant in ("A", "B") and cfg.iterations > 1000
+    if cfg.init_weights:  # a campaign that continues a model starts from one that fits it
+        start = read_checkpoint(REPO / cfg.init_weights).card
+        assert (start.variant, start.num_classes) == (cfg.variant, cfg.table.num_classes)
 
 
 def test_weight_average_follows_its_formula():
