@@ -55,6 +55,15 @@ def make_checkpoint(path: Path, variant: str = "B", input_size: tuple[int, int] 
     return path
 
 
+def ros_context(domain: int) -> Any:
+    """A fresh rclpy context on ``domain``, initialised (the caller shuts it down)."""
+    import rclpy
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain)
+    return context
+
+
 def in_process_node(context: Any, checkpoint: Path, cameras: list[str], **params: Any) -> Any:
     """The segmentation node in this process on ``context``: CPU, eager, no autostart and no
     /diagnostics unless ``params`` say otherwise."""

@@ -24,6 +24,7 @@ from helpers_ros import (
     make_checkpoint,
     node_command,
     read_rgb,
+    ros_context,
     ros_env,
     wait_for,
 )
@@ -714,8 +715,7 @@ def test_lifecycle_transitions_in_process(checkpoint, tmp_path, capfd, ros_domai
 
     from dfanet_ros.segmentation_node import SegmentationNode
 
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=ros_domain)
+    context = ros_context(ros_domain)
     node = SegmentationNode(context=context, parameter_overrides=[
         Parameter("checkpoint", value=str(checkpoint)), Parameter("autostart", value=False),
         Parameter("device", value="cpu"), Parameter("camera_topics", value=["lc/image"]),
@@ -890,8 +890,7 @@ def test_deactivate_waits_for_one_frame_at_most(checkpoint, ros_domain):
 
 
     cameras = ["d0/image", "d1/image", "d2/image"]
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=ros_domain)
+    context = ros_context(ros_domain)
     node = in_process_node(context, checkpoint, cameras)
     watcher = rclpy.create_node("deactivate_watcher", context=context)
     try:
@@ -946,8 +945,7 @@ def test_total_ms_counts_from_the_frames_receipt(checkpoint, ros_domain):
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=ros_domain)
+    context = ros_context(ros_domain)
     node = in_process_node(context, checkpoint, ["t/image"])
     watcher = rclpy.create_node("total_watcher", context=context)
     executor = SingleThreadedExecutor(context=context)
@@ -989,8 +987,7 @@ def test_frames_dds_replaced_in_the_input_queue_are_counted(checkpoint, ros_doma
     from rclpy.executors import SingleThreadedExecutor
 
 
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=ros_domain)
+    context = ros_context(ros_domain)
     node = in_process_node(context, checkpoint, ["q/image"])
     camera_side = rclpy.create_node("burst_camera", context=context)
     executor = SingleThreadedExecutor(context=context)
@@ -1035,8 +1032,7 @@ def test_every_frame_is_counted_across_lifecycle_flapping(checkpoint, ros_domain
 
     SUCCESS = TransitionCallbackReturn.SUCCESS
     cameras = ["f0/image", "f1/image", "f2/image"]
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=ros_domain)
+    context = ros_context(ros_domain)
     node = in_process_node(context, checkpoint, cameras, cpu_threads=1)
     side = rclpy.create_node("flapping_cameras", context=context)
     pubs = [side.create_publisher(Image, f"/{c}", 10) for c in cameras]

@@ -8,7 +8,7 @@ import types
 
 import numpy as np
 import pytest
-from helpers_ros import image_message, in_process_node, make_checkpoint, wait_for
+from helpers_ros import image_message, in_process_node, make_checkpoint, ros_context, wait_for
 
 pytestmark = [pytest.mark.ros, pytest.mark.usefixtures("one_thread")]
 
@@ -24,8 +24,7 @@ def checkpoint(tmp_path_factory):
 def context(ros_domain):
     import rclpy
 
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=ros_domain)
+    context = ros_context(ros_domain)
     yield context
     rclpy.try_shutdown(context=context)
 
