@@ -173,8 +173,9 @@ class SegmentationEngine:
         if self.card.num_classes > 255:
             raise ValueError(f"{self.card.num_classes} classes do not fit a mono8 label image")
         self.checkpoint = str(checkpoint)
+        card_h, card_w = self.card.input_size  # a card holds exactly [height, width]
         self.model_size: tuple[int, int] = (
-            tuple(self.card.input_size) if model_size is None else model_size)  # type: ignore
+            (card_h, card_w) if model_size is None else model_size)
         self.use_cuda_graph = use_cuda_graph and self.device.type == "cuda"
         # The network and its top class as the benchmarks run them: batch norm folded, fp16
         # on request, run by ``backend``.  The exported backends export once here (1-2 s) and
