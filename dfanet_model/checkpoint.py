@@ -152,8 +152,8 @@ def validate_card(data: dict[str, Any]) -> None:
     _need("input_size", size, list, "[height, width]")
     if len(size) != 2:
         raise FieldError("input_size", f"must be [height, width], got {size!r:.60}")
-    for i, side in zip(("height", "width"), size, strict=True):
-        _need_int(f"input_size {i}", side, 1, MAX_INPUT_SIDE)
+    for side_name, side in zip(("height", "width"), size, strict=True):
+        _need_int(f"input_size {side_name}", side, 1, MAX_INPUT_SIDE)
     if size[0] * size[1] > MAX_INPUT_PIXELS:
         raise FieldError("input_size", f"{size[0]}x{size[1]} is more than "
                                        f"{MAX_INPUT_PIXELS} pixels")
@@ -402,6 +402,12 @@ class LoadedCheckpoint:
     state_dict: dict[str, torch.Tensor]
     training_state: dict[str, Any] | None  # present for training checkpoints only
     path: Path
+
+    def resume_state(self) -> dict[str, Any]:
+        """The training state; a weights-only file raises ``CheckpointError``."""
+        if self.training_state is None:
+            raise CheckpointError(self.path, "holds weights only, no training state to resume")
+        return self.training_state
 
 
 def read_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:

@@ -178,7 +178,7 @@ class SegmentationSplit:
     workers: int = 4
 
     def __len__(self) -> int:
-        return len(self.labels) if self.resident else len(self.files)
+        return len(self._resident_tensors()[1]) if self.resident else len(self.files)
 
     @property
     def names(self) -> list[str]:
@@ -187,6 +187,12 @@ class SegmentationSplit:
     @property
     def resident(self) -> bool:
         return self.images is not None
+
+    def _resident_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoded images and labels, which ``load`` always sets together."""
+        if self.images is None or self.labels is None:
+            raise RuntimeError(f"{self.dataset} {self.split}: frames not decoded (call load())")
+        return self.images, self.labels
 
     def decode(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode the given frames from their files (threads: Pillow releases the GIL)."""
@@ -213,7 +219,8 @@ class SegmentationSplit:
     def to(self, device: torch.device | str) -> "SegmentationSplit":
         """Decode (if needed) and move the tensors to ``device``."""
         self.load()
-        self.images, self.labels = self.images.to(device), self.labels.to(device)
+        images, labels = self._resident_tensors()
+        self.images, self.labels = images.to(device), labels.to(device)
         return self
 
     def batch(self, indices: torch.Tensor, device: torch.device | str
@@ -222,8 +229,10 @@ class SegmentationSplit:
         if not self.resident:
             images, labels = self.decode(indices.tolist())
         else:
-            idx = indices.to(self.images.device)
-            images, labels = self.images.index_select(0, idx), self.labels.index_select(0, idx)
+            resident_images, resident_labels = self._resident_tensors()
+            idx = indices.to(resident_images.device)
+            images = resident_images.index_select(0, idx)
+            labels = resident_labels.index_select(0, idx)
         # Host-resident splits pay one copy of the batch per step (a few MB); only splits
         # too large for the device take this path.
         return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -231,7 +240,8 @@ class SegmentationSplit:
     def frame_size(self) -> tuple[int, int]:
         """(H, W) of the first frame, read from its header only."""
         if self.resident:
-            return tuple(self.images.shape[1:3])
+            images = self._resident_tensors()[0]
+            return images.shape[1], images.shape[2]
         try:
             with Image.open(self.files[0][0]) as im:
                 return im.height, im.width
@@ -267,7 +277,11 @@ def split_files(dataset: str, root: str | os.PathLike, split: str
                                 f"(its drives: {', '.join(drives(dataset, root, name))})")
         pairs += files
     seen: set[Path] = set()
-    repeated = [image.name for image, _ in pairs if image in seen or seen.add(image)]
+    repeated = []
+    for image, _ in pairs:
+        if image in seen:
+            repeated.append(image.name)
+        seen.add(image)
     if repeated:
         raise DataError(f"split {split!r} names {len(repeated)} frame(s) twice, e.g. "
                         f"{repeated[0]}")
@@ -353,8 +367,11 @@ def class_pixel_counts(split: SegmentationSplit) -> tuple[torch.Tensor, torch.Te
     image_pixels = torch.zeros(n, dtype=torch.float64)
     for start in range(0, len(split), 64):
         idx = torch.arange(start, min(start + 64, len(split)))
-        labels = split.labels.index_select(0, idx.to(split.labels.device)) if split.resident \
-            else split.decode(idx.tolist())[1]
+        if split.resident:
+            resident_labels = split._resident_tensors()[1]
+            labels = resident_labels.index_select(0, idx.to(resident_labels.device))
+        else:
+            labels = split.decode(idx.tolist())[1]
         # One bincount per chunk: value v of image i lands in bin 256 * i + v.
         flat = labels.reshape(len(labels), -1).long()
         flat = flat + 256 * torch.arange(len(labels), device=flat.device)[:, None]

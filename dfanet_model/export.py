@@ -122,13 +122,14 @@ def load_exported(path: Path, fmt: str):
 def check(model: nn.Module, run_exported, labels: bool, size: Sequence[int], batch: int,
           seed: int = 0) -> Check:
     """Compare the exported file with PyTorch on a random normalised batch of ``size``."""
-    x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
+    height, width = size
+    x = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
     logits = model(x)
     got = run_exported(x)
-    pixels = batch * size[0] * size[1]
+    pixels = batch * height * width
     if not labels:
         diff = float((got.float() - logits).abs().max())
-        return Check(tuple(size), batch, diff, 0, pixels, diff <= LOGIT_TOLERANCE)
+        return Check((height, width), batch, diff, 0, pixels, diff <= LOGIT_TOLERANCE)
     expected = logits.argmax(1)
     wrong = got.long() != expected
     mismatches = int(wrong.sum())
@@ -136,7 +137,7 @@ def check(model: nn.Module, run_exported, labels: bool, size: Sequence[int], bat
     # exported label must be within tolerance of the maximum.
     chosen = logits.gather(1, got.long()[:, None])[:, 0]
     margin = float((logits.max(1).values - chosen)[wrong].max()) if mismatches else 0.0
-    return Check(tuple(size), batch, margin, mismatches, pixels, margin <= LOGIT_TOLERANCE)
+    return Check((height, width), batch, margin, mismatches, pixels, margin <= LOGIT_TOLERANCE)
 
 
 def default_check_sizes(input_size: Sequence[int]) -> list[tuple[int, int]]:

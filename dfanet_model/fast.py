@@ -83,10 +83,14 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(mean)
     bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(mean)
     scale = gamma / torch.sqrt(var + bn.eps)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                      conv.padding, conv.dilation, conv.groups, bias=True,
+    # A Conv2d keeps 2-tuples; its stubs type them as tuple[int, ...].
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels,
+                      conv.kernel_size, conv.stride,  # type: ignore[arg-type]
+                      conv.padding, conv.dilation,  # type: ignore[arg-type]
+                      conv.groups, bias=True,
                       padding_mode=conv.padding_mode,
                       device=conv.weight.device, dtype=conv.weight.dtype)
+    assert fused.bias is not None  # made with bias=True
     with torch.no_grad():
         fused.weight.copy_(w * scale.reshape(-1, 1, 1, 1))
         fused.bias.copy_((bias - mean) * scale + beta)
@@ -195,6 +199,8 @@ class TopClass(nn.Module):
     apart: 50 ms at 360x480 against ~5); elsewhere as ``argmax``.
     """
 
+    classes: torch.Tensor  # buffer (1, C, 1, 1): each class's index, for the traced argmax
+
     def __init__(self, num_classes: int) -> None:
         super().__init__()
         if not 1 <= num_classes <= 255:
@@ -246,7 +252,10 @@ def _onnx_bytes(module: nn.Module, example: torch.Tensor, outputs: Sequence[str]
     # resizes take their sizes from tensors (``network._resize``), which the trace keeps.
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example.contiguous(),), buffer, input_names=["input"],
+        # export writes to a file object too; its stubs name only paths.
+        torch.onnx.export(module, (example.contiguous(),),
+                          buffer,  # type: ignore[arg-type]
+                          input_names=["input"],
                           output_names=list(outputs), dynamic_axes=axes, dynamo=False,
                           opset_version=17)
     return buffer.getvalue()
@@ -433,7 +442,7 @@ def prepare_for_inference(model: nn.Module, device: torch.device | str = "cpu",
 
 def prepare_top_class(model: nn.Module, device: torch.device | str = "cpu",
                       half: bool = False, channels_last: bool = True,
-                      backend: str = "auto", bf16_checked: bool = False) -> nn.Module:
+                      backend: str = "auto", bf16_checked: bool = False) -> _Prepared:
     """``prepare_for_inference`` followed by ``TopClass``: a normalised float image batch in,
     (class ids (N, H, W) uint8, top-class probability (N, H, W) float32) out.  The exported
     backends run the post-processing as a graph of their own runtime after the network's."""
@@ -443,7 +452,7 @@ def prepare_top_class(model: nn.Module, device: torch.device | str = "cpu",
 
 def _prepare(model: nn.Module, device: torch.device | str, half: bool, channels_last: bool,
              backend: str, compile_mode: str | None, bf16_checked: bool, head: bool
-             ) -> nn.Module:
+             ) -> _Prepared:
     device = torch.device(device)
     backend = _resolve_backend(backend, device, half)
     num_classes = getattr(model, "num_classes", None)
@@ -457,11 +466,12 @@ def _prepare(model: nn.Module, device: torch.device | str, half: bool, channels_
         folded = inference_copy(model)
     folded = folded.to(device=device, dtype=dtype)
     if channels_last:
-        folded = folded.to(memory_format=torch.channels_last)
+        # Module.to takes memory_format at run time; torch's overloads leave it out.
+        folded = folded.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     inner: nn.Module
+    if num_classes is None and head:
+        raise ValueError("prepare_top_class needs a model with num_classes")
     if exported:
-        if num_classes is None and head:
-            raise ValueError("prepare_top_class needs a model with num_classes")
         inner = _Exported(folded, backend, head, num_classes or 1, bf16_checked)
         prepared = _Prepared(inner, dtype, False, backend, num_classes)
         return prepared.eval()
@@ -470,8 +480,12 @@ def _prepare(model: nn.Module, device: torch.device | str, half: bool, channels_
     elif backend == "onnxruntime-logits":
         inner = _PerShape(folded, _legacy_ort_build, backend)
     else:  # compile
-        inner = torch.compile(folded, mode=compile_mode, dynamic=False)
+        compiled = torch.compile(folded, mode=compile_mode, dynamic=False)
+        # Compiling a module gives a module (OptimizedModule); the stubs say only "callable".
+        assert isinstance(compiled, nn.Module)
+        inner = compiled
     if head:
+        assert num_classes is not None  # checked above
         inner = nn.Sequential(inner, TopClass(num_classes).to(device))
     return _Prepared(inner, dtype, channels_last, backend, num_classes).eval()
 

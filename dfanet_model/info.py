@@ -3,15 +3,23 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .args import parse_size
-from .network import VARIANTS, build_dfanet
+from .network import VARIANTS, FCAttention, build_dfanet
+
+
+class PaperFigures(TypedDict):
+    gflops: float
+    size: tuple[int, int]
+    params_m: float
+
 
 # Li et al., CVPR 2019, Table 3/4: GFLOPs at the stated input, parameters in millions.
-PAPER = {
+PAPER: dict[str, PaperFigures] = {
     "A": {"gflops": 3.4, "size": (1024, 1024), "params_m": 7.8},
     "A'": {"gflops": 1.7, "size": (512, 1024), "params_m": 7.8},
     "B": {"gflops": 2.1, "size": (1024, 1024), "params_m": 4.8},
@@ -41,7 +49,8 @@ def count(variant: str, size: tuple[int, int], num_classes: int = 19) -> ModelCo
     macs_by_part = {p: sum(per_module.get(f"DFANet.{p}", {}).values()) // 2 for p in PARTS}
     params_by_part = {p: sum(t.numel() for t in model.get_submodule(p).parameters())
                       for p in PARTS}
-    attention = sum(t.numel() for b in model.backbones for t in b.attention.parameters())
+    attention = sum(t.numel() for m in model.modules() if isinstance(m, FCAttention)
+                    for t in m.parameters())
     return ModelCount(variant, size, sum(t.numel() for t in model.parameters()),
                       sum(per_module.get("Global", {}).values()) // 2,
                       params_by_part, macs_by_part, attention)

@@ -18,6 +18,8 @@ class OhemCrossEntropy(nn.Module):
     pedestrians) whose pixels stay hard for longer.  Void pixels never count.
     """
 
+    weight: torch.Tensor | None  # buffer: moves with the module, saved in its state
+
     def __init__(self, weight: torch.Tensor | None = None, ignore_index: int = 255,
                  threshold: float = 0.7, min_kept: float = 1 / 16) -> None:
         super().__init__()

@@ -25,8 +25,10 @@ always have the input's height and width.
 """
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Iterable, Literal, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -204,6 +206,11 @@ class Backbone(nn.Module):
         return BackboneFeatures(enc2, enc3, enc4, self.attention(enc4))
 
 
+def _sum(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Sum of a non-empty series of tensors (the builtin ``sum`` starts from the int 0)."""
+    return functools.reduce(operator.add, tensors)
+
+
 def _resize(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Bilinear resize of x to ref's spatial size (exact size, so any input shape works)."""
     if x.shape[-2:] == ref.shape[-2:]:
@@ -230,8 +237,8 @@ class Decoder(nn.Module):
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, lows: Sequence[torch.Tensor], highs: Sequence[torch.Tensor]) -> torch.Tensor:
-        low = sum(_resize(conv(f), lows[0]) for conv, f in zip(self.low, lows, strict=True))
-        high = sum(_resize(conv(f), highs[0]) for conv, f in zip(self.high, highs, strict=True))
+        low = _sum(_resize(conv(f), lows[0]) for conv, f in zip(self.low, lows, strict=True))
+        high = _sum(_resize(conv(f), highs[0]) for conv, f in zip(self.high, highs, strict=True))
         return self.classifier(self.fuse(low + _resize(high, low)))
 
 
@@ -272,7 +279,7 @@ class DFANet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 # A depthwise filter sees 9 inputs and feeds 9 outputs; torch's fan_out would
                 # count all its channels, so use fan_in (= 9) there.
-                mode = "fan_in" if m.groups > 1 else "fan_out"
+                mode: Literal["fan_in", "fan_out"] = "fan_in" if m.groups > 1 else "fan_out"
                 nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
@@ -287,7 +294,10 @@ class DFANet(nn.Module):
         # blows up in the first step (as torchvision's zero_init_residual, for the same reason).
         for m in self.modules():
             if isinstance(m, XceptionBlock):
-                nn.init.zeros_(m.conv3.pw.bn.weight)
+                bn_weight = m.conv3.pw.bn.weight
+                # Every norm layer the network takes (batch, sync-batch, group) is affine.
+                assert isinstance(bn_weight, torch.Tensor)
+                nn.init.zeros_(bn_weight)
 
 
 def build_dfanet(variant: str = "A", num_classes: int = 19,

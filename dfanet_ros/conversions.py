@@ -174,7 +174,7 @@ def _decode(buf: np.ndarray, grey: bool, alpha: bool, direct_rgb: bool | None = 
         return "OpenCV could not decode it"
     if alpha:
         if pixels.dtype != np.uint8:  # 16 bits a channel: keep the high byte
-            pixels = (pixels >> 8).astype(np.uint8)
+            pixels = np.right_shift(pixels, 8).astype(np.uint8)
         return cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGBA)
     return pixels if grey or direct_rgb else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
 
@@ -190,7 +190,7 @@ def array_to_image(pixels: np.ndarray, encoding: str, header: Header) -> Image:
                 is_bigendian=0, step=width * channels)
     # array.frombytes is one memcpy; assigning bytes or a list costs several times more.
     data = array.array("B")
-    data.frombytes(np.ascontiguousarray(pixels))
+    data.frombytes(np.ascontiguousarray(pixels).data)
     msg.data = data
     return msg
 

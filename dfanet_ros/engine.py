@@ -40,6 +40,7 @@ import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -81,6 +82,11 @@ class EngineResult:
     timings_ms: dict[str, float]
     model_size: tuple[int, int] = (0, 0)  # the (height, width) the network ran at
     replanned: bool = False               # this frame made a new plan (new size or encoding)
+
+
+class _TensorOptions(TypedDict):
+    dtype: torch.dtype
+    device: torch.device
 
 
 @dataclass
@@ -167,8 +173,9 @@ class SegmentationEngine:
         if self.card.num_classes > 255:
             raise ValueError(f"{self.card.num_classes} classes do not fit a mono8 label image")
         self.checkpoint = str(checkpoint)
+        card_h, card_w = self.card.input_size  # a card holds exactly [height, width]
         self.model_size: tuple[int, int] = (
-            tuple(self.card.input_size) if model_size is None else model_size)  # type: ignore
+            (card_h, card_w) if model_size is None else model_size)
         self.use_cuda_graph = use_cuda_graph and self.device.type == "cuda"
         # The network and its top class as the benchmarks run them: batch norm folded, fp16
         # on request, run by ``backend``.  The exported backends export once here (1-2 s) and
@@ -323,8 +330,8 @@ class SegmentationEngine:
         model_hw = (height, width) if self.model_size == (0, 0) else self.model_size
         mh, mw = model_hw
         channels = ENCODING_CHANNELS[encoding]
-        u8 = dict(dtype=torch.uint8, device=dev)
-        f32 = dict(dtype=torch.float32, device=dev)
+        u8: _TensorOptions = {"dtype": torch.uint8, "device": dev}
+        f32: _TensorOptions = {"dtype": torch.float32, "device": dev}
 
         def host(*shape: int, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
             return torch.empty(shape, dtype=dtype, pin_memory=cuda and pinned)
@@ -339,6 +346,7 @@ class SegmentationEngine:
         if same:
             pixel_weight = torch.ones(mh * mw, **f32)
         else:
+            assert rows is not None and cols is not None  # made above unless same
             # How many input pixels take their class from each model pixel (nearest upsampling).
             row_w = torch.bincount(rows, minlength=mh).float()
             col_w = torch.bincount(cols, minlength=mw).float()
@@ -490,7 +498,10 @@ def _upsample(src: torch.Tensor, plan: _Plan, out: torch.Tensor, tmp: torch.Tens
     """Nearest resize of an (h, w[, C]) model-size map into ``out`` at the input size."""
     if plan.rows is None:
         out.copy_(src)
-    elif plan.rows_first:
+        return
+    # A resizing plan has both indices and its intermediate buffer.
+    assert plan.cols is not None and tmp is not None
+    if plan.rows_first:
         torch.index_select(src, 0, plan.rows, out=tmp)
         torch.index_select(tmp, 1, plan.cols, out=out)
     else:

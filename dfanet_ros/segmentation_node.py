@@ -219,8 +219,14 @@ class SegmentationNode(LifecycleNode):
             self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics",
                                                              10)
 
+    def _configured_params(self) -> NodeParameters:
+        """The parameters configure read; every caller runs only once the node is configured."""
+        if self._params is None:
+            raise RuntimeError(f"{self.get_name()}: parameters used before configure")
+        return self._params
+
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        params = self._params
+        params = self._configured_params()
         in_qos = _qos(params.input_reliability, params.input_depth)
         result = super().on_activate(state)  # enables the lifecycle publishers
         if result != TransitionCallbackReturn.SUCCESS:
@@ -366,7 +372,7 @@ class SegmentationNode(LifecycleNode):
                                         info.get("publication_sequence_number"))
         if not camera.compressed:
             try:
-                check_image(msg, self._params.max_image_pixels)
+                check_image(msg, self._configured_params().max_image_pixels)
             except BadImage as e:
                 self._bad_frame(camera, e)
                 return
@@ -384,7 +390,8 @@ class SegmentationNode(LifecycleNode):
             if item is None:
                 continue
             try:
-                self._process(camera, *item, slot=slot)
+                msg, received, received_ns = item
+                self._process(camera, msg, received, received_ns, slot=slot)
             except Exception as e:  # never let one frame end the camera's worker
                 if slot.closed or not self.context.ok():  # stopped under it: not a bad frame
                     camera.stats.count("discarded")
@@ -394,7 +401,7 @@ class SegmentationNode(LifecycleNode):
     def _process(self, camera: _Camera, msg: Any, received: float, received_ns: int,
                  slot: LatestSlot | None = None) -> None:
         # One snapshot per frame: a parameter set meanwhile applies from the next frame.
-        pubs, params = camera.publishers, self._params
+        pubs, params = camera.publishers, self._configured_params()
         slot = camera.slot if slot is None else slot
         wanted = frozenset(out for out in IMAGE_OUTPUTS if params.publishes(out)
                            and pubs[out].get_subscription_count() > 0)
@@ -461,7 +468,7 @@ class SegmentationNode(LifecycleNode):
             return
         self._last_warning[key] = time.monotonic()
         fix = ("input_reliability:=reliable, with a reliable publisher on the camera"
-               if self._params.input_reliability != "reliable" else
+               if self._configured_params().input_reliability != "reliable" else
                "the camera and the node both on config/fastdds_large_images.xml")
         self.get_logger().warning(
             f"{camera.topic}: frames lost by the middleware before reaching the node "
@@ -481,7 +488,7 @@ class SegmentationNode(LifecycleNode):
     # Class map and diagnostics
 
     def _class_map(self) -> ClassMap:
-        return class_map_message(self.engine.card, Path(self._params.checkpoint).name)
+        return class_map_message(self.engine.card, Path(self._configured_params().checkpoint).name)
 
     def _device_name(self) -> str:
         return f"{self.engine.device}{' fp16' if self.engine.fp16 else ''}" if self.engine \
@@ -490,7 +497,7 @@ class SegmentationNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
-        params = self._params
+        params = self._configured_params()
         model, size = Path(params.checkpoint).name, params.model_size
         for camera in self._cameras:
             snap = camera.stats.snapshot()

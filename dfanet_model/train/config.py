@@ -5,7 +5,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -136,7 +136,7 @@ def _ints(v: Any, n: int, minimum: int) -> bool:
         isinstance(x, int) and not isinstance(x, bool) and x >= minimum for x in v)
 
 
-def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> TrainConfig:
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> TrainConfig:
     """A TrainConfig from a YAML file (or the defaults) and ``key=value`` overrides."""
     data: dict[str, Any] = {}
     if path is not None:

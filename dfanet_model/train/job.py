@@ -33,7 +33,10 @@ def get_dataset(cfg: TrainConfig, split: str, device: torch.device) -> Segmentat
     return load_split(cfg.dataset, cfg.data_root, split, device, cfg.data_placement)
 
 
-def criterion(cfg: TrainConfig, train: SegmentationSplit, device: torch.device) -> nn.Module:
+Criterion = OhemCrossEntropy | nn.CrossEntropyLoss
+
+
+def criterion(cfg: TrainConfig, train: SegmentationSplit, device: torch.device) -> Criterion:
     """Cross-entropy (all pixels, or the hard ones: OHEM), void ignored, optionally
     class-weighted."""
     weight = None
@@ -81,7 +84,8 @@ def make_model(cfg: TrainConfig, ctx: dist_utils.Context) -> DFANet:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(ctx.device)
     if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+        # Module.to takes memory_format at run time; torch's overloads leave it out.
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return model
 
 
@@ -93,7 +97,10 @@ def wrap(model: nn.Module, cfg: TrainConfig, ctx: dist_utils.Context) -> nn.Modu
         net = DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     if cfg.compile:
-        net = torch.compile(net)
+        compiled = torch.compile(net)
+        # Compiling a module gives a module (OptimizedModule); the stubs say only "callable".
+        assert isinstance(compiled, nn.Module)
+        net = compiled
     return net
 
 
@@ -117,7 +124,7 @@ class Job:
     val_data: SegmentationSplit | None
     model: DFANet              # the plain module: what checkpoints hold
     net: nn.Module             # what a step runs: model, or its DDP / compiled wrapper
-    loss_fn: nn.Module
+    loss_fn: Criterion
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
@@ -154,7 +161,7 @@ class Job:
         """Continue from a saved training state (the RNG states are restored separately).
 
         A state this job cannot continue from raises ``CheckpointError`` naming the field."""
-        ts = ckpt.training_state
+        ts = ckpt.resume_state()
         try:
             check_resumable(ts, self.optimizer, self.generator)
         except FieldError as e:
@@ -311,7 +318,9 @@ def check_rng_states(states: list[Any], generator: torch.Generator) -> None:
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
     """Every random generator a step may touch (checkpoint form: tensors and plain values)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = np.random.get_state()
+    assert isinstance(state, tuple)  # legacy=True, the default, gives the tuple form
+    kind, keys, pos, has_gauss, gauss = state
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,

@@ -140,6 +140,7 @@ def finish(job: Job, run: RunDir, progress: Progress) -> None:
     best = run.path / "best.safetensors"
     dist_utils.barrier(ctx)  # rank 0 has written it
     use_best = bool(cfg.val_split) and best.exists()
+    model: nn.Module
     if use_best:
         ckpt = read_checkpoint(best)
         model, card = ckpt.card.build_model().to(ctx.device), ckpt.card

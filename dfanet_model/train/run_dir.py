@@ -112,6 +112,8 @@ class RunDir:
     def record_eval(self, progress: Progress, result: EvalResult, say: Any = print) -> None:
         """Log a validation result; keep best.pt and best.safetensors when it is the best."""
         cfg, s = self.job.cfg, result.scores
+        # A job has validation data, and so evaluates, only when it names a split.
+        assert cfg.val_split is not None
         self.latest = {cfg.val_split: metrics_entry(result, progress.iteration)}
         self.log("eval", iteration=progress.iteration, split=cfg.val_split, miou=s.miou,
                  pixel_acc=s.pixel_acc, iou=s.iou, seconds=result.seconds)
@@ -127,7 +129,7 @@ class RunDir:
     def restore(self) -> tuple[Progress, list[dict[str, Any]]]:
         """Load last.pt into the job; return its progress and the per-rank RNG states."""
         ckpt = read_checkpoint(self.path / "last.pt")
-        ts, cfg, ctx = ckpt.training_state, self.job.cfg, self.ctx
+        ts, cfg, ctx = ckpt.resume_state(), self.job.cfg, self.ctx
         saved = ts.get("config", {})
         changed = {k: (saved[k], v) for k, v in dataclasses.asdict(cfg).items()
                    if k in saved and saved[k] != v}

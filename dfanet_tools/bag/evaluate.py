@@ -54,6 +54,8 @@ def evaluate_and_report(opts: EvalOptions, prog: str) -> int:
 
     from ..report import write_report
 
+    if opts.out is None:
+        raise ValueError(f"{prog}: no report folder given (EvalOptions.out)")
     try:
         result, snapshots = evaluate(opts)
     except (BagError, CheckpointError, EvalError) as e:

@@ -49,11 +49,13 @@ def evaluate_offline(opts: EvalOptions, reader: BagReader, plan: Plan
                 except ValueError as e:  # conversions.BadImage included: the node drops these
                     frame_log.bad_frames.append(f"stamp {stamp_str(frame.stamp)}: {e}")
                     continue
+                label = output.label
+                assert label is not None  # "label" is among the outputs asked for
                 if scorer is not None:
-                    record.scored = scorer.add(frame.stamp, output.label)
+                    record.scored = scorer.add(frame.stamp, label)
                 if frame.stamp in snapshot_stamps:
                     snapshots.append(overlay_snapshot(
-                        snapshot_stamps[frame.stamp], image, encoding, output.label,
+                        snapshot_stamps[frame.stamp], image, encoding, label,
                         plan.card.class_colors, plan.ground_truth.get(frame.stamp)))
         device = str(engine.device)
     finally:

@@ -199,6 +199,12 @@ class _OnlineRun:
                                  self.info_topic, self.answers.on_label, self.answers.on_info)
         stack.callback(self.replayer.close)
 
+    def _started(self) -> Replayer:
+        """The replayer ``start`` made; every step that sends runs after it."""
+        if self.replayer is None:
+            raise RuntimeError("the bag replayer is used before start()")
+        return self.replayer
+
     def check_node(self) -> None:
         """EvalError with its log when the node this evaluation started has exited."""
         if self.node is not None and not self.node.alive():
@@ -207,7 +213,7 @@ class _OnlineRun:
                             f"{self.node.tail()}")
 
     def wait_until_matched(self, deadline: float) -> None:
-        while not self.replayer.ready():
+        while not self._started().ready():
             self.check_node()
             if time.monotonic() > deadline:
                 node = self.node
@@ -217,7 +223,7 @@ class _OnlineRun:
                     + (f" (node log {self.node_log}:\n{node.tail()})" if node is not None
                        else ""))
             time.sleep(0.1)
-        self.replayer.subscribe()
+        self._started().subscribe()
 
     def warm_up(self, frame: CameraFrame, deadline: float) -> None:
         """Send re-stamped copies of ``frame``, each until the node answers it."""
@@ -227,7 +233,7 @@ class _OnlineRun:
             stamp = warm_stamps[-1 - k]
             raw = restamp(frame, stamp)
             while True:
-                self.replayer.publish(raw)
+                self._started().publish(raw)
                 if self.answers.wait_warmup(stamp, timeout=5.0):
                     break
                 self.check_node()
@@ -248,7 +254,7 @@ class _OnlineRun:
                 if delay > 0:
                     time.sleep(delay)
             record = self.answers.expect(frame.stamp)
-            self.replayer.publish(frame.raw)
+            self._started().publish(frame.raw)
             # Checked after sending (the node works on it meanwhile): a frame the node
             # refuses is never answered, so it is counted, not waited for.
             image = None if frame.stamp in self.known_bad else self._decode(frame)

@@ -117,7 +117,7 @@ class BagEvalResult:
               ) -> BagEvalResult:
         """The result of the run ``log`` recorded, planned by ``plan`` as ``opts`` asked."""
         card, records, scorer = plan.card, log.records, log.scorer
-        answered = [r for r in records if r.received is not None]
+        answered = [_answer_times(r) for r in records if r.received is not None]
         dropped = [r for r in records if r.received is None]
         scores = scorer.matrix.compute() if scorer is not None else None
         t0 = min((r.sent for r in records if r.sent is not None), default=0.0)
@@ -141,7 +141,7 @@ class BagEvalResult:
                                   scores.class_acc[i] if scores else math.nan)
                        for i, name in enumerate(card.class_names)],
             confusion_matrix=scorer.matrix.mat.tolist() if scorer else [],
-            latency_ms=percentiles([r.latency_ms for r in answered]),
+            latency_ms=percentiles([latency for _, _, latency in answered]),
             latency_definition=latency_definition,
             throughput_fps=_throughput(answered),
             per_frame=[FrameRow(stamp_str(r.stamp), None if r.sent is None else r.sent - t0,
@@ -150,11 +150,19 @@ class BagEvalResult:
             node_latency_ms=node_latency)
 
 
-def _throughput(answered: list[FrameRecord]) -> float:
-    """Answered frames per second, first send to last answer."""
+def _answer_times(r: FrameRecord) -> tuple[float, float, float]:
+    """Sent, received and latency (ms) of an answered frame."""
+    sent, received, latency = r.sent, r.received, r.latency_ms
+    # A frame is answered only after it is sent, so an answered frame has all three.
+    assert sent is not None and received is not None and latency is not None
+    return sent, received, latency
+
+
+def _throughput(answered: list[tuple[float, float, float]]) -> float:
+    """Answered frames per second, first send to last answer (of answer times)."""
     if not answered:
         return math.nan
-    span = max(r.received for r in answered) - min(r.sent for r in answered)
+    span = max(received for _, received, _ in answered) - min(sent for sent, _, _ in answered)
     return len(answered) / span if span > 0 else math.nan
 
 

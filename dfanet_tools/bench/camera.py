@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -136,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
                 wait = start + tick * period - now
                 if wait > 0:
                     time.sleep(wait)
-                ready = range(args.cameras)
+                ready: Sequence[int] = range(args.cameras)
             else:
+                assert window is not None  # no period only flat out (rate 0), which has one
                 ready = window.wait_for_room(min(0.05, end - now))
             measuring = time.perf_counter() >= measure_from
             for i in ready:

@@ -94,9 +94,9 @@ def bench_engine(engines: dict[str, SegmentationEngine], size: tuple[int, int],
     model_size: tuple[int, int] = (h, w)
     for _ in range(iters):
         for case in cases:
-            t = time.perf_counter()
+            began = time.perf_counter()
             res = run(*case)
-            times[case].append((time.perf_counter() - t) * 1e3)
+            times[case].append((time.perf_counter() - began) * 1e3)
             copy_in[case].append(res.timings_ms["copy_in"])
             compute[case].append(res.timings_ms["compute"])
             model_size = res.model_size

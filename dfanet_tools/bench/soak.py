@@ -28,6 +28,7 @@ from .camera import camera_topic, run_camera
 from .collector import Collector
 from .machine import write_json
 from .node import (
+    NodeBenchResult,
     NodeSettings,
     add_node_arguments,
     bench_node_command,
@@ -136,9 +137,12 @@ def soak(config: SoakConfig) -> dict[str, Any]:
                                               outputs[0])
                 time.sleep(config.drain)
                 device = node_device(log_path) or settings.device
-                flat_out = None if config.rate else score(sent, measured_s, collector, size,
-                                                          0.0, 1, device)
-                sustainable = config.rate or flat_out.answered_rate_hz
+                flat_out: NodeBenchResult | None = None
+                if config.rate:
+                    sustainable = config.rate
+                else:
+                    flat_out = score(sent, measured_s, collector, size, 0.0, 1, device)
+                    sustainable = flat_out.answered_rate_hz
                 if not sustainable > 0:
                     raise RuntimeError(f"the node answered no frame flat out; its log:\n"
                                        f"{node.tail()}")

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .dds import dds_environment
 
@@ -62,6 +62,7 @@ class NodeProcess:
     def __init__(self, command: list[str], env: Mapping[str, str] | None = None,
                  log_path: Path | None = None, cwd: Path | None = None) -> None:
         self.command = command
+        self._log: IO[bytes]
         if log_path is None:
             self._log = tempfile.NamedTemporaryFile(prefix="dfanet-node-", suffix=".log",
                                                     delete=False)
