@@ -855,14 +855,15 @@ def test_one_off_raw_frames_leave_resident_memory_as_it_was(checkpoint, client):
         {"checkpoint": checkpoint, "device": "cpu", "cpu_threads": 1, "backend": "eager",
          "camera_topics": [topic], "input_reliability": "reliable", "input_depth": 5,
          "diagnostics_period": 0.0}, remaps=[("__node", "dfanet_huge_raw")]), ros_env(DOMAIN))
-    cols = collectors(client, topic)
     small = np.zeros((120, 160), np.uint8)
     small[::3] = 90
 
     def make(pixels):
         return lambda stamp: image_message(pixels, "mono8", stamp)
 
-    try:
+    cols: dict = {}
+    try:  # from here on the node process is stopped whatever fails
+        cols.update(collectors(client, topic))
         for _ in range(3):  # warm: plans, DDS buffers, the allocator's arenas
             exchange(client, proc, topic, make(small), cols)
         before = rss_mib(proc.proc.pid)
