@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import sys
 import xml.etree.ElementTree as ET
 
@@ -107,6 +108,10 @@ def test_layers_import_only_downwards():
                     continue
                 offenders += [f"{path.name}: {n}" for n in names
                               if any(n == f or n.startswith(f + ".") for f in forbidden)]
+    # The library does not even mention what sits above it, in comments or docstrings.
+    for path in sorted(REPO.glob("dfanet_model/**/*.py")):
+        offenders += [f"{path.name} mentions {m}" for m in re.findall(
+            r"\b(dfanet_ros|dfanet_tools|rclpy)\b", path.read_text())]
     assert not offenders
 
 
