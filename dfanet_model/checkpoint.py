@@ -427,6 +427,8 @@ def read_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
         card, state = _read_safetensors(path)
         training = None
     check_state_dict(path, card, state)
+    if training is not None and "ema" in training:
+        check_state_dict(path, card, training["ema"], "ema weights")
     return LoadedCheckpoint(card, state, training, path)
 
 
@@ -503,8 +505,9 @@ def _parse_card(path: Path, text: Any) -> ModelCard:
 
 
 def check_state_dict(path: str | os.PathLike, card: ModelCard,
-                     state: dict[str, torch.Tensor]) -> None:
-    """Raise CheckpointError unless ``state`` fits the model the card describes, exactly."""
+                     state: dict[str, torch.Tensor], entry: str = "weights") -> None:
+    """Raise CheckpointError unless ``state`` (the file's ``entry``) fits the model the card
+    describes, exactly."""
     expected = {k: tuple(v.shape) for k, v in card.build_model().state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     missing = sorted(set(expected) - set(got))
@@ -519,7 +522,7 @@ def check_state_dict(path: str | os.PathLike, card: ModelCard,
                 shown = ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3
                                                 else "")
                 parts.append(f"{len(items)} {label}: {shown}")
-        raise CheckpointError(path, f"weights do not fit DFANet {card.variant} with "
+        raise CheckpointError(path, f"{entry} do not fit DFANet {card.variant} with "
                                     f"{card.num_classes} classes: " + "; ".join(parts))
 
 

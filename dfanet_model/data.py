@@ -271,10 +271,12 @@ def split_files(dataset: str, root: str | os.PathLike, split: str
             raise DataError(f"split {split!r}: {term!r} is not SPLIT or SPLIT/DRIVE")
         files = DATASETS[dataset](root, name)
         if drive:
-            files = [pair for pair in files if _drive(pair[0]) == drive]
-            if not files:
+            of_drive = [pair for pair in files if _drive(pair[0]) == drive]
+            if not of_drive:
+                present = sorted({_drive(image) for image, _ in files})
                 raise DataError(f"split {split!r}: no frame of drive {drive!r} in {name!r} "
-                                f"(its drives: {', '.join(drives(dataset, root, name))})")
+                                f"(its drives: {', '.join(present)})")
+            files = of_drive
         pairs += files
     seen: set[Path] = set()
     repeated = []

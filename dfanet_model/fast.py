@@ -324,20 +324,17 @@ class _Exported(nn.Module):
     so a new shape costs one compilation (0.1-0.9 s) and never another export.
     """
 
-    def __init__(self, model: nn.Module, backend: str, head: bool, num_classes: int,
+    def __init__(self, model: nn.Module, backend: str, num_classes: int | None,
                  bf16_checked: bool = False) -> None:
+        """``num_classes``: add the ``TopClass`` post-processing for that many classes."""
         super().__init__()
-        self.model = model
         self.backend = backend
-        self.head = head
         self.bf16_checked = bf16_checked
         self.timings_ms: dict[str, float] = {}  # what ``auto`` measured, by backend
-        example = torch.zeros(1, 3, 64, 64)
-        self._network = _onnx_bytes(model, example, ["logits"], dynamic=True)
-        self._top_class = TopClass(num_classes).eval()
-        self._head = (_onnx_bytes(self._top_class,
-                                  torch.zeros(1, num_classes, 64, 64), ["labels", "probability"],
-                                  dynamic=True) if head else None)
+        # Only the graph is kept: every shape runs from it.
+        self._network = _onnx_bytes(model, torch.zeros(1, 3, 64, 64), ["logits"], dynamic=True)
+        self._top_class = None if num_classes is None else TopClass(num_classes).eval()
+        self._head_graph: bytes | None = None  # TopClass exported, once OpenVINO needs it
         self._cache: dict[tuple[int, ...], Callable[[torch.Tensor], Any]] = {}
 
     def forward(self, x: torch.Tensor) -> Any:
@@ -347,8 +344,10 @@ class _Exported(nn.Module):
         run = self._cache.get(shape)
         if run is None:
             if self.backend == "auto":
-                self.backend = self._measure(x)
-            run = self._cache[shape] = self._build(self.backend, shape)
+                self.backend, run = self._measure(x)
+            else:
+                run = self._build(self.backend, shape)
+            self._cache[shape] = run
         return run(x.contiguous())
 
     def _build(self, backend: str, shape: tuple[int, ...]) -> Callable[[torch.Tensor], Any]:
@@ -356,7 +355,7 @@ class _Exported(nn.Module):
             network = _ort_session(self._network, shape)
             # The post-processing in torch: ONNX Runtime ran the TopClass graph ~10 ms slower
             # than torch's running maximum at 360x480 (one thread, BENCHMARKS.md).
-            head = self._top_class if self._head else None
+            head = self._top_class
 
             def run_ort(x: torch.Tensor) -> Any:
                 logits = torch.from_numpy(network.run(None, {"input": x.numpy()})[0])
@@ -365,8 +364,13 @@ class _Exported(nn.Module):
         request = _ov_request(self._network, shape, bf16=backend == "openvino-bf16")
         # The post-processing in fp32 whatever the network's precision: in bf16 its
         # reductions fall back to slow layouts (25 ms instead of 1) and round the probability.
-        post = _ov_request(self._head, (shape[0], -1, *shape[2:]), bf16=False) \
-            if self._head else None
+        post = None
+        if self._top_class is not None:
+            if self._head_graph is None:
+                self._head_graph = _onnx_bytes(
+                    self._top_class, torch.zeros(1, self._top_class.num_classes, 64, 64),
+                    ["labels", "probability"], dynamic=True)
+            post = _ov_request(self._head_graph, (shape[0], -1, *shape[2:]), bf16=False)
 
         def run_ov(x: torch.Tensor) -> Any:
             request.infer({0: x.numpy()}, share_inputs=True)
@@ -379,10 +383,10 @@ class _Exported(nn.Module):
                     torch.from_numpy(post.get_output_tensor(1).data.copy()))
         return run_ov
 
-    def _measure(self, x: torch.Tensor) -> str:
-        """The fastest installed exported backend on ``x``: each built and called twice, then
-        ``AUTO_ROUNDS`` interleaved rounds (load from other processes falls on all alike), the
-        lowest median wins."""
+    def _measure(self, x: torch.Tensor) -> tuple[str, Callable[[torch.Tensor], Any]]:
+        """The fastest installed exported backend on ``x`` and its run, built for that shape:
+        each candidate built and called twice, then ``AUTO_ROUNDS`` interleaved rounds (load
+        from other processes falls on all alike), the lowest median wins."""
         candidates = available_exported_backends(self.bf16_checked)
         if not candidates:
             raise ValueError("backend auto on the CPU needs onnxruntime or openvino installed")
@@ -398,10 +402,12 @@ class _Exported(nn.Module):
                 run(x)
                 times[name].append(time.perf_counter() - start)
         self.timings_ms = {name: sorted(t)[len(t) // 2] * 1e3 for name, t in times.items()}
-        return min(self.timings_ms, key=self.timings_ms.__getitem__)
+        best = min(self.timings_ms, key=self.timings_ms.__getitem__)
+        return best, runs[best]
 
     def extra_repr(self) -> str:
-        return f"backend={self.backend}, head={self.head}, shapes={list(self._cache)}"
+        return (f"backend={self.backend}, top_class={self._top_class is not None}, "
+                f"shapes={list(self._cache)}")
 
 
 def _legacy_ort_build(model: nn.Module, x: torch.Tensor) -> Callable:
@@ -456,6 +462,8 @@ def _prepare(model: nn.Module, device: torch.device | str, half: bool, channels_
     device = torch.device(device)
     backend = _resolve_backend(backend, device, half)
     num_classes = getattr(model, "num_classes", None)
+    if num_classes is None and head:
+        raise ValueError("prepare_top_class needs a model with num_classes")
     exported = backend == "auto" or backend in EXPORTED_BACKENDS
     if exported or backend == "onnxruntime-logits":
         channels_last = False  # the runtimes pick their own blocked layouts (NCHWc) inside
@@ -469,13 +477,9 @@ def _prepare(model: nn.Module, device: torch.device | str, half: bool, channels_
         # Module.to takes memory_format at run time; torch's overloads leave it out.
         folded = folded.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     inner: nn.Module
-    if num_classes is None and head:
-        raise ValueError("prepare_top_class needs a model with num_classes")
-    if exported:
-        inner = _Exported(folded, backend, head, num_classes or 1, bf16_checked)
-        prepared = _Prepared(inner, dtype, False, backend, num_classes)
-        return prepared.eval()
-    if backend == "eager":
+    if exported:  # the post-processing inside, in the runtime's own graph where it pays
+        inner = _Exported(folded, backend, num_classes if head else None, bf16_checked)
+    elif backend == "eager":
         inner = folded
     elif backend == "onnxruntime-logits":
         inner = _PerShape(folded, _legacy_ort_build, backend)
@@ -484,7 +488,7 @@ def _prepare(model: nn.Module, device: torch.device | str, half: bool, channels_
         # Compiling a module gives a module (OptimizedModule); the stubs say only "callable".
         assert isinstance(compiled, nn.Module)
         inner = compiled
-    if head:
+    if head and not exported:
         assert num_classes is not None  # checked above
         inner = nn.Sequential(inner, TopClass(num_classes).to(device))
     return _Prepared(inner, dtype, channels_last, backend, num_classes).eval()
@@ -505,8 +509,12 @@ class ImageToLabels(nn.Module):
         self.model = model
         self.dtype = dtype
         self.top_class = top_class
-        self.backend = getattr(model, "backend", "eager")
         self.norm = Normalise(mean, std)
+
+    @property
+    def backend(self) -> str:
+        """The model's backend as it runs now (``auto``'s choice once it has measured)."""
+        return getattr(self.model, "backend", "eager")
 
     def normalise(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) channels-last, normalised."""

@@ -48,14 +48,14 @@ class Normalise(nn.Module):
         self.register_buffer("shift", -mean_t / std_t, persistent=False)
 
     def forward(self, image: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """``out`` (may be ``image`` itself) receives the result instead of a new tensor."""
-        return torch.mul(image, self.scale.to(image.device), out=out).add_(
-            self.shift.to(image.device))
+        """``out`` (may be ``image`` itself) receives the result instead of a new tensor.
+        The module sits on the images' device (``.to``), as the engine's does once."""
+        return torch.mul(image, self.scale, out=out).add_(self.shift)
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 (N, H, W, 3) RGB -> float32 (N, 3, H, W) normalised (``Normalise``)."""
-    return Normalise(mean, std)(images.permute(0, 3, 1, 2).float())
+    return Preprocessing(tuple(mean), tuple(std))(images)
 
 
 def resize_image(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

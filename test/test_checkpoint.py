@@ -212,6 +212,19 @@ def test_weights_that_do_not_fit_the_stated_model(tmp_path, model):
         read_checkpoint(path)
 
 
+def test_a_weight_average_that_does_not_fit_is_refused_at_read(tmp_path, model):
+    """The training state's ``ema`` entry is held to the card like its weights, before any
+    resume starts loading them."""
+    average = dict(model.state_dict())
+    average["conv1.conv.weight"] = average["conv1.conv.weight"][:4]
+    save_training_state(tmp_path / "last.pt", {"model": model.state_dict(), "ema": average},
+                        camvid_card())
+    with pytest.raises(CheckpointError, match=r"last\.pt: ema weights do not fit DFANet B "
+                                              r"with 11 classes: 1 wrong shape: "
+                                              r"conv1\.conv\.weight"):
+        read_checkpoint(tmp_path / "last.pt")
+
+
 def test_invalid_metadata(tmp_path, model):
     path = tmp_path / "m.safetensors"
     save_model(path, model, camvid_card())

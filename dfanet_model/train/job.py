@@ -181,13 +181,9 @@ class Job:
         if self.scaler.is_enabled() and ts["scaler"]:
             self.scaler.load_state_dict(ts["scaler"])
         if self.ema is not None:
-            # A run that starts averaging on resume starts from the weights it resumes.
-            average = ts.get("ema", ckpt.state_dict)
-            shapes = {k: v.shape for k, v in self.ema.module.state_dict().items()}
-            if {k: v.shape for k, v in average.items()} != shapes:
-                raise CheckpointError(ckpt.path, "ema: its tensors do not fit this model's "
-                                                 "(names or shapes differ)")
-            self.ema.module.load_state_dict(average, strict=True)
+            # A run that starts averaging on resume starts from the weights it resumes
+            # (read_checkpoint checked that both fit the card's model).
+            self.ema.module.load_state_dict(ts.get("ema", ckpt.state_dict), strict=True)
 
 
 def build_job(cfg: TrainConfig, ctx: dist_utils.Context) -> Job:

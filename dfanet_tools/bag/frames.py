@@ -30,7 +30,8 @@ LABEL_ENCODINGS = ("mono8", "8UC1")
 
 def stamp_str(stamp: int) -> str:
     """A header stamp in nanoseconds as ``sec.nanosec``, the way ROS tools print it."""
-    return f"{stamp // 1_000_000_000}.{stamp % 1_000_000_000:09d}"
+    sec, nanosec = split_stamp(stamp)
+    return f"{sec}.{nanosec:09d}"
 
 
 def resolve_camera_topic(reader: BagReader, requested: str | None, label_topic: str | None

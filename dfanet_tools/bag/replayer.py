@@ -5,6 +5,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from dfanet_ros.parameters import model_size_parameters
+
 from ..ros_process import DdsClient, node_command
 from .io import IMAGE
 
@@ -64,7 +66,7 @@ def node_command_for(opts: EvalOptions, plan: Plan) -> list[str]:
                               # (counted), never lost in transport.
                               "input_reliability": "reliable"}
     if opts.size:
-        params.update(model_height=opts.size[0], model_width=opts.size[1])
+        params.update(model_size_parameters(opts.size))
     if opts.cpu_threads:
         params["cpu_threads"] = opts.cpu_threads
     return node_command(params, extra=opts.node_args)

@@ -28,7 +28,7 @@ import numpy as np
 from dfanet_ros.topics import output_topic
 
 from ..ros_process import spin_in_background
-from ..stamps import header_stamp_ns
+from ..stamps import header_stamp_ns, split_stamp
 
 MODULE = "dfanet_tools.bench.camera"  # run as python -m MODULE
 
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             for i in ready:
                 msg = messages[i]
                 stamp = time.time_ns()
-                msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+                msg.header.stamp.sec, msg.header.stamp.nanosec = split_stamp(stamp)
                 if window is not None:
                     window.sending(i, stamp)
                 pubs[i].publish(msg)
@@ -203,8 +203,8 @@ class _FlatOut:
         while time.monotonic() < deadline:
             for pub, msg, answered in zip(pubs, messages, self.answered, strict=True):
                 if not answered:
-                    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(
-                        time.time_ns(), 1_000_000_000)
+                    msg.header.stamp.sec, msg.header.stamp.nanosec = split_stamp(
+                        time.time_ns())
                     pub.publish(msg)
             with self.cond:
                 if self.cond.wait_for(lambda: all(self.answered), timeout=0.5):

@@ -61,22 +61,21 @@ def pillow_decode(msg: Any, max_pixels: int) -> np.ndarray:
         return np.asarray(im)
 
 
-def sample_frames(sizes: list[tuple[int, int]]) -> dict[tuple[int, int, str], bytes]:
-    """A CamVid sample frame resized to each (H, W), encoded as JPEG and PNG."""
+def sample_frames(sizes: list[tuple[int, int]]) -> dict[tuple[int, int, str], Any]:
+    """A CamVid sample frame resized to each (H, W), as JPEG and PNG ``CompressedImage``s."""
     import cv2
-    from PIL import Image as PILImage
+    from std_msgs.msg import Header
 
+    from dfanet_model.data import camvid_files, decode_image
     from dfanet_model.resources import SAMPLE_CAMVID_DIR
+    from dfanet_ros.conversions import array_to_compressed
 
-    source = np.asarray(PILImage.open(sorted((SAMPLE_CAMVID_DIR / "test").glob("*.jpg"))[0])
-                        .convert("RGB"))
+    source = decode_image(camvid_files(SAMPLE_CAMVID_DIR, "test")[0][0])
     frames = {}
     for h, w in sizes:
         rgb = cv2.resize(source, (w, h), interpolation=cv2.INTER_CUBIC)
         for fmt in FORMATS:
-            buf = io.BytesIO()
-            PILImage.fromarray(rgb).save(buf, format=fmt.upper(), quality=90)
-            frames[h, w, fmt] = buf.getvalue()
+            frames[h, w, fmt] = array_to_compressed(rgb, Header(), fmt)
     return frames
 
 
@@ -86,17 +85,14 @@ def _time(fn: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:
     return (time.perf_counter() - start) * 1e3, out
 
 
-def bench_decode(frames: dict[tuple[int, int, str], bytes], rounds: int, warmup: int = 2
+def bench_decode(frames: dict[tuple[int, int, str], Any], rounds: int, warmup: int = 2
                  ) -> list[DecodeBenchResult]:
     """Both decodes of every frame, ``rounds`` timed calls each after ``warmup`` untimed."""
-    from sensor_msgs.msg import CompressedImage
-
     from dfanet_ros.conversions import compressed_to_array
 
     limit = 1 << 30
     results = []
-    for (h, w, fmt), data in frames.items():
-        msg = CompressedImage(format=fmt, data=data)
+    for (h, w, fmt), msg in frames.items():
         contenders = {"pillow": lambda m=msg: pillow_decode(m, limit),
                       "opencv": lambda m=msg: compressed_to_array(m, limit)[0]}
         times: dict[str, list[float]] = {name: [] for name in contenders}
@@ -111,7 +107,7 @@ def bench_decode(frames: dict[tuple[int, int, str], bytes], rounds: int, warmup:
         diff = np.abs(outs["pillow"].astype(np.int16) - outs["opencv"].reshape(
             outs["pillow"].shape)).max()
         results.append(DecodeBenchResult(
-            h, w, fmt, len(data), statistics.median(p), percentile(p, 10), percentile(p, 90),
+            h, w, fmt, len(msg.data), statistics.median(p), percentile(p, 10), percentile(p, 90),
             statistics.median(o), percentile(o, 10), percentile(o, 90),
             statistics.median(p) / statistics.median(o), int(diff), p, o))
     return results
