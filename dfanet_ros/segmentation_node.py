@@ -116,7 +116,10 @@ class _Camera:
 
 
 class SegmentationNode(LifecycleNode):
-    """Lifecycle node running DFANet on camera topics; see the module docstring."""
+    """Lifecycle node running DFANet on camera topics; see the module docstring.
+
+    Spin it on a single-threaded executor: its transitions destroy subscriptions with a
+    message-lost handler, which rclpy's multi-threaded executor does not survive (README)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)

@@ -1021,17 +1021,23 @@ def test_frames_dds_replaced_in_the_input_queue_are_counted(checkpoint, ros_doma
 
 @pytest.mark.slow
 def test_every_frame_is_counted_across_lifecycle_flapping(checkpoint, ros_domain):
-    """Configure, activate, deactivate and cleanup, again and again, while three cameras
-    stream: every frame the node received is processed, dropped, bad, unwatched or
-    discarded.  Frames left waiting at a deactivate were once in no counter (70-77 per camera
-    over 50 cycles)."""
+    """Configure, activate, deactivate and cleanup, again and again, through the node's
+    lifecycle services while three cameras stream: every frame the node received is
+    processed, dropped, bad, unwatched or discarded.  Frames left waiting at a deactivate were
+    once in no counter (70-77 per camera over 50 cycles).
+
+    The transitions run on the executor's thread, as ``ros2 lifecycle set`` runs them on a
+    deployed node (spun by one thread, as ``main`` spins it).  Triggered from another thread
+    they raced rclpy's executor: destroying a subscription's message-lost handler while the
+    executor adds it to its wait set raises InvalidHandle there and ends the spin, after which
+    no frame arrived (the stall this test once showed at about 30 frames a camera)."""
     import threading
 
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
-    from rclpy.lifecycle import TransitionCallbackReturn
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+    from rclpy.executors import SingleThreadedExecutor
 
-    SUCCESS = TransitionCallbackReturn.SUCCESS
     cameras = ["f0/image", "f1/image", "f2/image"]
     context = ros_context(ros_domain)
     node = in_process_node(context, checkpoint, cameras, cpu_threads=1)
@@ -1039,9 +1045,19 @@ def test_every_frame_is_counted_across_lifecycle_flapping(checkpoint, ros_domain
     pubs = [side.create_publisher(Image, f"/{c}", 10) for c in cameras]
     labels = ["/f0/segmentation/label", "/f1/segmentation/label", "/f2/segmentation/label"]
     watchers = [side.create_subscription(Image, topic, lambda m: None, 1) for topic in labels]
-    executor = MultiThreadedExecutor(num_threads=2, context=context)
+    change_state = side.create_client(ChangeState, f"/{node.get_name()}/change_state")
+    executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
+    executor.add_node(side)
+    spin_error: list[BaseException] = []
+
+    def spin() -> None:
+        try:
+            executor.spin()
+        except BaseException as e:  # the spin ending early is this test's failure
+            spin_error.append(e)
+
+    spinner = threading.Thread(target=spin, daemon=True)
     streaming = threading.Event()
     streaming.set()
     pixels = np.zeros((48, 64, 3), np.uint8)
@@ -1054,28 +1070,35 @@ def test_every_frame_is_counted_across_lifecycle_flapping(checkpoint, ros_domain
                 pub.publish(image_message(pixels, "rgb8", (i, 0)))
             time.sleep(0.005)
 
+    def transition(transition_id: int, cycle: int) -> None:
+        request = ChangeState.Request()
+        request.transition.id = transition_id
+        response = change_state.call(request, timeout_sec=30.0)
+        assert not spin_error, f"cycle {cycle}: the executor stopped: {spin_error[0]!r}"
+        assert response is not None and response.success, (cycle, transition_id)
+
+    def received(camera):
+        stats = node._stats.get(f"/{camera}")
+        return stats.snapshot()["frames_received"] if stats else 0
+
     camera_thread = threading.Thread(target=stream, daemon=True)
     try:
         spinner.start()
+        assert change_state.wait_for_service(timeout_sec=30.0)
         camera_thread.start()
-        def received(camera):
-            stats = node._stats.get(f"/{camera}")
-            return stats.snapshot()["frames_received"] if stats else 0
-
-        # At least 12 cycles, and on until every camera has sent 50 frames into them (a loaded
-        # machine once delivered only 35 in 12 cycles).
+        # At least 12 cycles, and on until every camera has sent 50 frames into them.
         for cycle in itertools.count():
             if cycle >= 12 and min(map(received, cameras)) > 50 or cycle == 100:
                 break
-            assert node.trigger_configure() == SUCCESS, cycle
-            assert node.trigger_activate() == SUCCESS, cycle
+            transition(Transition.TRANSITION_CONFIGURE, cycle)
+            transition(Transition.TRANSITION_ACTIVATE, cycle)
             time.sleep(0.05 + 0.03 * (cycle % 4))
-            assert node.trigger_deactivate() == SUCCESS, cycle
+            transition(Transition.TRANSITION_DEACTIVATE, cycle)
             if cycle % 3 != 2:  # now and then inactive -> active again, without cleanup
-                assert node.trigger_activate() == SUCCESS, cycle
+                transition(Transition.TRANSITION_ACTIVATE, cycle)
                 time.sleep(0.02)
-                assert node.trigger_deactivate() == SUCCESS, cycle
-            assert node.trigger_cleanup() == SUCCESS, cycle
+                transition(Transition.TRANSITION_DEACTIVATE, cycle)
+            transition(Transition.TRANSITION_CLEANUP, cycle)
         streaming.clear()
         camera_thread.join(5.0)
         time.sleep(0.5)  # callbacks already running finish
