@@ -53,7 +53,7 @@ from dfanet_model.preprocess import resize_image
 from dfanet_model.resources import checked_in_bf16
 
 from .encodings import ENCODING_CHANNELS, RGB_ORDER, YUV422_LAYOUT
-from .heap import return_freed_memory
+from .heap import mapped_empty, return_freed_memory
 from .overlay import blend_overlay_
 
 log = logging.getLogger("dfanet.engine")
@@ -330,11 +330,20 @@ class SegmentationEngine:
         model_hw = (height, width) if self.model_size == (0, 0) else self.model_size
         mh, mw = model_hw
         channels = ENCODING_CHANNELS[encoding]
-        u8: _TensorOptions = {"dtype": torch.uint8, "device": dev}
         f32: _TensorOptions = {"dtype": torch.float32, "device": dev}
 
+        # Host buffers, and on the CPU every large buffer, lie on memory maps of their own
+        # (dfanet_ros.heap): a dropped plan's pages go back to the system at once.  From the
+        # heap they stayed there, fragmented by the frames and messages allocated meanwhile:
+        # with sixteen cameras of eight sizes the plans churn all the time.
         def host(*shape: int, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
-            return torch.empty(shape, dtype=dtype, pin_memory=cuda and pinned)
+            if cuda and pinned:
+                return torch.empty(shape, dtype=dtype, pin_memory=True)
+            return mapped_empty(shape, dtype)
+
+        def buffer(*shape: int, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+            return torch.empty(shape, dtype=dtype, device=dev) if cuda else host(*shape,
+                                                                                 dtype=dtype)
 
         host_in = host(height, width, channels)
         same = model_hw == (height, width)
@@ -343,37 +352,39 @@ class SegmentationEngine:
         # Upsample through the smaller intermediate: (H, w) rows first, (h, W) columns first.
         rows_first = height * mw <= mh * width
         tmp_hw = (height, mw) if rows_first else (mh, width)
+        pixel_weight = buffer(mh * mw, dtype=torch.float32)
         if same:
-            pixel_weight = torch.ones(mh * mw, **f32)
+            pixel_weight.fill_(1.0)
         else:
             assert rows is not None and cols is not None  # made above unless same
             # How many input pixels take their class from each model pixel (nearest upsampling).
             row_w = torch.bincount(rows, minlength=mh).float()
             col_w = torch.bincount(cols, minlength=mw).float()
-            pixel_weight = (row_w[:, None] * col_w[None, :]).reshape(-1).contiguous()
+            torch.mul(row_w[:, None], col_w[None, :], out=pixel_weight.view(mh, mw))
         yuv = None
         if encoding in YUV422_LAYOUT:
-            yuv = (torch.empty(height, width, **f32), torch.empty(height, width // 2, **f32),
-                   torch.empty(height, width // 2, **f32))
-        dev_label = torch.empty(height, width, **u8)
-        dev_color = torch.empty(height, width, 3, **u8)
-        dev_overlay = torch.empty(height, width, 3, **u8)
-        dev_confidence = torch.empty(height, width, **u8)
+            yuv = (buffer(height, width, dtype=torch.float32),
+                   buffer(height, width // 2, dtype=torch.float32),
+                   buffer(height, width // 2, dtype=torch.float32))
+        dev_label = buffer(height, width)
+        dev_color = buffer(height, width, 3)
+        dev_overlay = buffer(height, width, 3)
+        dev_confidence = buffer(height, width)
         dev_counts = torch.zeros(self.card.num_classes, **f32)
         dev_mean_confidence = torch.zeros(1, **f32)
         return _Plan(
             height=height, width=width, encoding=encoding, model_hw=model_hw,
             host_in=host_in, dev_in=torch.empty_like(host_in, device=dev) if cuda else host_in,
-            rgb=torch.empty(height, width, 3, **f32),
-            norm=torch.empty(1, 3, height, width, **f32) if same else None,
+            rgb=buffer(height, width, 3, dtype=torch.float32),
+            norm=buffer(1, 3, height, width, dtype=torch.float32) if same else None,
             rows=rows, cols=cols, pixel_weight=pixel_weight,
             dev_label=dev_label, dev_color=dev_color, dev_overlay=dev_overlay,
             dev_confidence=dev_confidence, dev_counts=dev_counts,
             dev_mean_confidence=dev_mean_confidence,
             rows_first=rows_first,
-            tmp_label=None if same else torch.empty(*tmp_hw, **u8),
-            tmp_color=None if same else torch.empty(*tmp_hw, 3, **u8),
-            tmp_confidence=None if same else torch.empty(*tmp_hw, **u8),
+            tmp_label=None if same else buffer(*tmp_hw),
+            tmp_color=None if same else buffer(*tmp_hw, 3),
+            tmp_confidence=None if same else buffer(*tmp_hw),
             yuv=yuv, keep=torch.zeros((), **f32),
             host_label=host(height, width) if cuda else dev_label,
             host_color=host(height, width, 3) if cuda else dev_color,

@@ -34,6 +34,7 @@ from dfanet_ros.topics import DEFAULT_CAMERA_TOPIC, NODE_NAME
 PACKAGE = "dfanet_ros"
 EXECUTABLE = "segmentation_node"
 PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
+QOS_FROM_PROFILE_VARIABLE = "RMW_FASTRTPS_USE_QOS_FROM_XML"
 
 # name, default, description
 ARGUMENTS: tuple[tuple[str, str, str], ...] = (
@@ -99,6 +100,7 @@ def plan(args: dict[str, str], share: str, rviz_installed: bool) -> Plan:
     if is_true(args["large_images"]):
         environment[PROFILE_VARIABLE] = os.path.join(share, "config",
                                                      "fastdds_large_images.xml")
+        environment[QOS_FROM_PROFILE_VARIABLE] = "1"  # its history memory policy applies
     warnings, rviz_config = [], None
     if is_true(args["rviz"]):
         if rviz_installed:

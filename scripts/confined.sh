@@ -12,6 +12,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 if [ -z "${FASTDDS_DEFAULT_PROFILES_FILE:-}${FASTRTPS_DEFAULT_PROFILES_FILE:-}" ]; then
   export FASTDDS_DEFAULT_PROFILES_FILE="$root/config/fastdds_large_images.xml"
+  export RMW_FASTRTPS_USE_QOS_FROM_XML=1  # the profile's history memory policy applies
   export ROS_AUTOMATIC_DISCOVERY_RANGE=SYSTEM_DEFAULT
 else
   export ROS_AUTOMATIC_DISCOVERY_RANGE=${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}

@@ -13,6 +13,7 @@ from dfanet_tools.ros_process.dds import (
     dds_environment,
     is_loopback,
     large_image_profile,
+    without_profile,
 )
 
 pytestmark = pytest.mark.ros
@@ -68,6 +69,10 @@ def test_a_users_profile_is_kept(tmp_path):
     bare = dds_environment({"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
                             "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"})
     assert bare["FASTDDS_DEFAULT_PROFILES_FILE"] == str(large_image_profile())
+    assert bare["RMW_FASTRTPS_USE_QOS_FROM_XML"] == "1"  # its history memory policy applies
+    assert "RMW_FASTRTPS_USE_QOS_FROM_XML" not in env  # a user's profile: the user's choice
+    assert not {"FASTDDS_DEFAULT_PROFILES_FILE",
+                "RMW_FASTRTPS_USE_QOS_FROM_XML"} & set(without_profile(bare))
     assert bare["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SYSTEM_DEFAULT"
     assert "FASTDDS_BUILTIN_TRANSPORTS" not in bare
 
@@ -116,8 +121,7 @@ def test_tools_with_default_settings_find_a_node_on_the_profile_at_once(ros_doma
 
     node = NodeProcess(node_command({"device": "cpu", "cpu_threads": 1, "autostart": False}),
                        ros_env(ros_domain))
-    probe_env = ros_env(ros_domain, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
-    probe_env.pop("FASTDDS_DEFAULT_PROFILES_FILE")
+    probe_env = without_profile(ros_env(ros_domain, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST"))
 
     def probe() -> float:
         """Seconds from a fresh probe's node to the segmentation node's services."""

@@ -14,6 +14,7 @@ from dfanet_model.checkpoint import ModelCard, save_model
 from dfanet_model.classes import CAMVID
 from dfanet_model.network import build_dfanet
 from dfanet_model.resources import DEFAULT_CHECKPOINT
+from dfanet_tools.ros_process.dds import without_profile
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -22,11 +23,8 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 def _user_env(domain: int) -> dict[str, str]:
     """The environment of a user without a DDS profile, as before the test suite set one; the
     venv running these tests is the one the script sets up and uses."""
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), DFANET_VENV=sys.prefix,
-               ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
-    for name in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"):
-        env.pop(name, None)
-    return env
+    return without_profile(dict(os.environ, ROS_DOMAIN_ID=str(domain), DFANET_VENV=sys.prefix,
+                                ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST"))
 
 
 def _run_demo(tmp_path: Path, domain: int, *args: str) -> subprocess.CompletedProcess:

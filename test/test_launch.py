@@ -123,7 +123,8 @@ def test_plan_with_defaults(launch, defaults):
     assert set(overrides) <= set(DECLARED) | {"use_sim_time"}
     assert p.ros_arguments == ["--log-level", "info"]
     # Large images work by default: the profile goes to every process the launch starts.
-    assert p.environment == {"FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE)}
+    assert p.environment == {"FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE),
+                             "RMW_FASTRTPS_USE_QOS_FROM_XML": "1"}
     assert launch.EXECUTABLE == "segmentation_node" and launch.NODE_NAME == NODE_NAME
     assert launch.PACKAGE == "dfanet_ros"
 
@@ -146,7 +147,8 @@ def test_rviz_and_large_images_are_separate_switches(launch, defaults):
     p = plan(launch, defaults, rviz="true", large_images="false")
     assert p.rviz_config == str(RVIZ) and RVIZ.is_file() and p.environment == {}
     p = plan(launch, defaults, rviz="false", large_images="true")
-    assert p.rviz_config is None and set(p.environment) == {"FASTDDS_DEFAULT_PROFILES_FILE"}
+    assert p.rviz_config is None and set(p.environment) == {"FASTDDS_DEFAULT_PROFILES_FILE",
+                                                            "RMW_FASTRTPS_USE_QOS_FROM_XML"}
     # Without rviz2: a warning, and the node still starts.
     p = plan(launch, defaults, rviz_installed=False, rviz="true")
     assert p.rviz_config is None and "rviz2" in p.warnings[0]

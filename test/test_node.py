@@ -38,6 +38,7 @@ from dfanet_model.classes import CAMVID
 from dfanet_ros.conversions import array_to_compressed
 from dfanet_ros.engine import ENCODING_CHANNELS, SegmentationEngine
 from dfanet_tools.bench.soak import rss_mib
+from dfanet_tools.ros_process.dds import without_profile
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 # The node and client the module's tests share; tests with participants of their own take a
@@ -1159,8 +1160,8 @@ def test_large_frames_lost_on_the_way_are_counted_and_named(checkpoint, ros_doma
               "input_reliability": reliability}
     proc = NodeProcess(node_command(params), ros_env(ros_domain))
     client = RosClient(ros_domain)
-    camera_env = ros_env(ros_domain, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
-    camera_env.pop("FASTDDS_DEFAULT_PROFILES_FILE")  # a driver with default settings
+    camera_env = without_profile(  # a driver with default settings
+        ros_env(ros_domain, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST"))
     labels = client.collect(Image, "/big/segmentation/label")
     diagnostics = client.collect(DiagnosticArray, "/diagnostics")
     try:

@@ -35,9 +35,10 @@ def large_image_profile() -> Path | None:
 def dds_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     """``env`` (default: this process's) for a DDS process the tools start.
 
-    Without a profile of the user's: the package's loopback, large-image profile, with the
-    discovery range left to it (SYSTEM_DEFAULT: ROS's LOCALHOST range makes the middleware add
-    a socket bound to every interface).  With one: the user's profile, discovery on localhost
+    Without a profile of the user's: the package's loopback, large-image profile, its endpoint
+    settings applied (RMW_FASTRTPS_USE_QOS_FROM_XML), with the discovery range left to it
+    (SYSTEM_DEFAULT: ROS's LOCALHOST range makes the middleware add a socket bound to every
+    interface).  With one: the user's profile, discovery on localhost
     unless the user chose a range.
     """
     env = dict(os.environ if env is None else env)
@@ -47,10 +48,18 @@ def dds_environment(env: dict[str, str] | None = None) -> dict[str, str]:
         env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     else:
         env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
+        env["RMW_FASTRTPS_USE_QOS_FROM_XML"] = "1"  # the profile's history memory policy
         env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "SYSTEM_DEFAULT"
         env.pop("FASTDDS_BUILTIN_TRANSPORTS", None)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def without_profile(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for a process on the middleware's default settings (a camera driver that sets
+    nothing): no Fast DDS profile, no endpoint settings taken from one."""
+    return {k: v for k, v in env.items()
+            if k not in (*_PROFILE_VARIABLES, "RMW_FASTRTPS_USE_QOS_FROM_XML")}
 
 
 def bound_udp_addresses(pid: int | str = "self") -> list[tuple[str, int]]:
