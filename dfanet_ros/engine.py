@@ -304,10 +304,14 @@ class SegmentationEngine:
                  height, width, encoding, size / 2**20, *plan.model_hw, self.device)
         return plan, True
 
+    def network_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) the network runs at for a frame of this size."""
+        return (height, width) if self.model_size == (0, 0) else self.model_size
+
     def plan_nbytes(self, height: int, width: int, encoding: str) -> int:
         """Bytes the plan for such frames holds (``_Plan.nbytes``), known before allocating."""
         cuda = self.device.type == "cuda"
-        mh, mw = (height, width) if self.model_size == (0, 0) else self.model_size
+        mh, mw = self.network_size(height, width)
         pixels, model_pixels = height * width, mh * mw
         same = (mh, mw) == (height, width)
         per_pixel = ENCODING_CHANNELS[encoding] * (2 if cuda else 1)  # host_in (+ dev_in)
@@ -327,7 +331,7 @@ class SegmentationEngine:
     def _make_plan(self, height: int, width: int, encoding: str, pinned: bool = True
                    ) -> _Plan:
         dev, cuda = self.device, self.device.type == "cuda"
-        model_hw = (height, width) if self.model_size == (0, 0) else self.model_size
+        model_hw = self.network_size(height, width)
         mh, mw = model_hw
         channels = ENCODING_CHANNELS[encoding]
         f32: _TensorOptions = {"dtype": torch.float32, "device": dev}
