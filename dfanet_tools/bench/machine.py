@@ -26,7 +26,7 @@ def machine_info(device: str | torch.device = "cpu") -> dict[str, Any]:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "load_average": _load_averages(),
     }
     name = str(device).split()[0]
     if name.startswith("cuda") and torch.cuda.is_available():
@@ -66,8 +66,12 @@ def write_json(path: Path, device: str | torch.device, **sections: Any) -> None:
     print(f"wrote {path}")
 
 
+def _load_averages() -> tuple[float, float, float] | None:
+    """The 1-, 5- and 15-minute load averages; None where the system does not report them."""
+    return os.getloadavg() if hasattr(os, "getloadavg") else None
+
+
 def load_average() -> str:
-    """The 1-, 5- and 15-minute load averages as printed with a benchmark's figures."""
-    if not hasattr(os, "getloadavg"):
-        return "n/a"
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    """The load averages as printed with a benchmark's figures."""
+    loads = _load_averages()
+    return "n/a" if loads is None else " ".join(f"{v:.2f}" for v in loads)
