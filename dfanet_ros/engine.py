@@ -40,7 +40,6 @@ import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TypedDict
 
 import numpy as np
 import torch
@@ -82,11 +81,6 @@ class EngineResult:
     timings_ms: dict[str, float]
     model_size: tuple[int, int] = (0, 0)  # the (height, width) the network ran at
     replanned: bool = False               # this frame made a new plan (new size or encoding)
-
-
-class _TensorOptions(TypedDict):
-    dtype: torch.dtype
-    device: torch.device
 
 
 @dataclass
@@ -334,7 +328,6 @@ class SegmentationEngine:
         model_hw = self.network_size(height, width)
         mh, mw = model_hw
         channels = ENCODING_CHANNELS[encoding]
-        f32: _TensorOptions = {"dtype": torch.float32, "device": dev}
 
         # Host buffers, and on the CPU every large buffer, lie on memory maps of their own
         # (dfanet_ros.heap): a dropped plan's pages go back to the system at once.  From the
@@ -374,8 +367,8 @@ class SegmentationEngine:
         dev_color = buffer(height, width, 3)
         dev_overlay = buffer(height, width, 3)
         dev_confidence = buffer(height, width)
-        dev_counts = torch.zeros(self.card.num_classes, **f32)
-        dev_mean_confidence = torch.zeros(1, **f32)
+        dev_counts = torch.zeros(self.card.num_classes, dtype=torch.float32, device=dev)
+        dev_mean_confidence = torch.zeros(1, dtype=torch.float32, device=dev)
         return _Plan(
             height=height, width=width, encoding=encoding, model_hw=model_hw,
             host_in=host_in, dev_in=torch.empty_like(host_in, device=dev) if cuda else host_in,
@@ -389,7 +382,7 @@ class SegmentationEngine:
             tmp_label=None if same else buffer(*tmp_hw),
             tmp_color=None if same else buffer(*tmp_hw, 3),
             tmp_confidence=None if same else buffer(*tmp_hw),
-            yuv=yuv, keep=torch.zeros((), **f32),
+            yuv=yuv, keep=torch.zeros((), dtype=torch.float32, device=dev),
             host_label=host(height, width) if cuda else dev_label,
             host_color=host(height, width, 3) if cuda else dev_color,
             host_overlay=host(height, width, 3) if cuda else dev_overlay,

@@ -29,12 +29,11 @@ import os
 from typing import Any, NamedTuple
 
 # The node's own names (a module without rclpy or torch), so the launch cannot drift from it.
+from dfanet_ros.dds_profile import PROFILE_FILE, profile_environment
 from dfanet_ros.topics import DEFAULT_CAMERA_TOPIC, NODE_NAME
 
 PACKAGE = "dfanet_ros"
 EXECUTABLE = "segmentation_node"
-PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
-QOS_FROM_PROFILE_VARIABLE = "RMW_FASTRTPS_USE_QOS_FROM_XML"
 
 # name, default, description
 ARGUMENTS: tuple[tuple[str, str, str], ...] = (
@@ -96,11 +95,8 @@ def plan(args: dict[str, str], share: str, rviz_installed: bool) -> Plan:
     level = args["log_level"].strip().lower()
     if level not in LOG_LEVELS:
         raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
-    environment = {}
-    if is_true(args["large_images"]):
-        environment[PROFILE_VARIABLE] = os.path.join(share, "config",
-                                                     "fastdds_large_images.xml")
-        environment[QOS_FROM_PROFILE_VARIABLE] = "1"  # its history memory policy applies
+    environment = (profile_environment(os.path.join(share, "config", PROFILE_FILE))
+                   if is_true(args["large_images"]) else {})
     warnings, rviz_config = [], None
     if is_true(args["rviz"]):
         if rviz_installed:

@@ -78,8 +78,10 @@ def test_imports_are_real_names_and_launch_stays_optional():
     top_level = {n.module if isinstance(n, ast.ImportFrom) else a.name
                  for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)
                  for a in n.names}
-    # dfanet_ros.topics: the node's names, without rclpy or torch (test_package.py checks)
-    assert top_level <= {"__future__", "os", "typing", "dfanet_ros.topics"}, top_level
+    # dfanet_ros.topics and .dds_profile: the node's names and the DDS profile's environment,
+    # without rclpy or torch (test_package.py checks)
+    assert top_level <= {"__future__", "os", "typing", "dfanet_ros.topics",
+                         "dfanet_ros.dds_profile"}, top_level
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             assert all(a.name.split(".")[0] not in ("launch", "launch_ros")

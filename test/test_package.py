@@ -92,6 +92,7 @@ def test_layers_import_only_downwards():
              "dfanet_ros": ("dfanet_tools",), "dfanet_ros/engine.py": ("rclpy",),
              # the names and the parameter table, read by the launch file and the tools
              "dfanet_ros/topics.py": ("rclpy", "torch"),
+             "dfanet_ros/dds_profile.py": ("rclpy", "torch"),
              "dfanet_ros/parameters.py": ("rclpy", "torch")}
     offenders = []
     for package, forbidden in above.items():

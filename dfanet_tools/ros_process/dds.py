@@ -15,18 +15,19 @@ import socket
 import struct
 from pathlib import Path
 
-PROFILE_NAME = "fastdds_large_images.xml"
+from dfanet_ros.dds_profile import MIDDLEWARE_SETTINGS, PROFILE_FILE, profile_environment
+
 _PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
 
 
 def large_image_profile() -> Path | None:
     """config/fastdds_large_images.xml from the source tree or the installed share folder."""
-    local = Path(__file__).resolve().parents[2] / "config" / PROFILE_NAME
+    local = Path(__file__).resolve().parents[2] / "config" / PROFILE_FILE
     if local.is_file():
         return local
     try:
         from ament_index_python.packages import get_package_share_directory
-        installed = Path(get_package_share_directory("dfanet_ros")) / "config" / PROFILE_NAME
+        installed = Path(get_package_share_directory("dfanet_ros")) / "config" / PROFILE_FILE
     except Exception:  # not installed as a ROS package
         return None
     return installed if installed.is_file() else None
@@ -38,8 +39,8 @@ def dds_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     Without a profile of the user's: the package's loopback, large-image profile, its endpoint
     settings applied (RMW_FASTRTPS_USE_QOS_FROM_XML), with the discovery range left to it
     (SYSTEM_DEFAULT: ROS's LOCALHOST range makes the middleware add a socket bound to every
-    interface).  With one: the user's profile, discovery on localhost
-    unless the user chose a range.
+    interface).  With one: the user's profile, discovery on localhost unless the user chose a
+    range.
     """
     env = dict(os.environ if env is None else env)
     profile = large_image_profile()
@@ -47,8 +48,7 @@ def dds_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     if profile is None or (chosen is not None and Path(chosen).resolve() != profile.resolve()):
         env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     else:
-        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
-        env["RMW_FASTRTPS_USE_QOS_FROM_XML"] = "1"  # the profile's history memory policy
+        env.update(profile_environment(profile))
         env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "SYSTEM_DEFAULT"
         env.pop("FASTDDS_BUILTIN_TRANSPORTS", None)
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -57,9 +57,8 @@ def dds_environment(env: dict[str, str] | None = None) -> dict[str, str]:
 
 def without_profile(env: dict[str, str]) -> dict[str, str]:
     """``env`` for a process on the middleware's default settings (a camera driver that sets
-    nothing): no Fast DDS profile, no endpoint settings taken from one."""
-    return {k: v for k, v in env.items()
-            if k not in (*_PROFILE_VARIABLES, "RMW_FASTRTPS_USE_QOS_FROM_XML")}
+    nothing): no Fast DDS profile, transports or rmw_fastrtps setting."""
+    return {k: v for k, v in env.items() if not k.startswith(MIDDLEWARE_SETTINGS)}
 
 
 def bound_udp_addresses(pid: int | str = "self") -> list[tuple[str, int]]:

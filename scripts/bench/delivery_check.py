@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dfanet_ros.dds_profile import profile_environment
 from dfanet_tools.ros_process.dds import without_profile
 
 
@@ -41,15 +42,13 @@ def main() -> None:
                     help="outputs the viewer subscribes to, comma-separated; the first is scored")
     ap.add_argument("--domain", type=int, default=117)
     a = ap.parse_args()
-    base = {k: v for k, v in without_profile(dict(os.environ)).items()
-            if not k.startswith(("FASTDDS", "FASTRTPS"))}
+    base = without_profile(dict(os.environ))
     base.update(ROS_DOMAIN_ID=str(a.domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     os.environ.clear()
     os.environ.update(base)  # this process, the viewer: Fast DDS defaults
-    node_env = dict(base, **({"FASTDDS_DEFAULT_PROFILES_FILE": a.node_profile,
-                              "RMW_FASTRTPS_USE_QOS_FROM_XML": "1"} if a.node_profile else {}))
-    camera_env = dict(base, **({"FASTDDS_DEFAULT_PROFILES_FILE": a.camera_profile,
-                                "RMW_FASTRTPS_USE_QOS_FROM_XML": "1"} if a.camera_profile else {}))
+    node_env = dict(base, **(profile_environment(a.node_profile) if a.node_profile else {}))
+    camera_env = dict(base, **(profile_environment(a.camera_profile) if a.camera_profile
+                               else {}))
     from dfanet_tools.bench.camera import camera_output_topic, camera_topic, run_camera
     from dfanet_tools.ros_process import NodeProcess, node_command
     from dfanet_tools.stamps import header_stamp_ns
