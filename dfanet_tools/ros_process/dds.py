@@ -15,9 +15,12 @@ import socket
 import struct
 from pathlib import Path
 
-from dfanet_ros.dds_profile import MIDDLEWARE_SETTINGS, PROFILE_FILE, profile_environment
-
-_PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+from dfanet_ros.dds_profile import (
+    MIDDLEWARE_SETTINGS,
+    PROFILE_FILE,
+    PROFILE_VARIABLES,
+    profile_environment,
+)
 
 
 def large_image_profile() -> Path | None:
@@ -44,7 +47,7 @@ def dds_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     """
     env = dict(os.environ if env is None else env)
     profile = large_image_profile()
-    chosen = next((env[v] for v in _PROFILE_VARIABLES if env.get(v)), None)
+    chosen = next((env[v] for v in PROFILE_VARIABLES if env.get(v)), None)
     if profile is None or (chosen is not None and Path(chosen).resolve() != profile.resolve()):
         env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     else:
