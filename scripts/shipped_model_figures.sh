@@ -20,14 +20,14 @@ model=dfanet_model/data/dfanet_camvid.safetensors
 cd "$root"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-dfanet=("$venv/bin/dfanet")
-"${dfanet[@]}" eval "$model" --data "$data" --split test --grid docs/camvid_test_predictions.png
-"${dfanet[@]}" eval "$model" --data dfanet_model/data/camvid_sample --split test \
+dfanet=$venv/bin/dfanet
+"$dfanet" eval "$model" --data "$data" --split test --grid docs/camvid_test_predictions.png
+"$dfanet" eval "$model" --data dfanet_model/data/camvid_sample --split test \
     --per-frame dfanet_model/data/dfanet_camvid_sample_frames.json
 "$venv/bin/python" -m dfanet_tools.shipped_model --data "$data"
-"${dfanet[@]}" bag make "$work/camvid_test" --from "$data" --split test --rate 15
+"$dfanet" bag make "$work/camvid_test" --from "$data" --split test --rate 15
 for mode in "--mode offline" "--as-fast-as-possible" ""; do
   # shellcheck disable=SC2086  # the mode is zero to two words
-  scripts/confined.sh "${dfanet[@]}" bag eval "$work/camvid_test" $mode --cpu-threads 1 \
+  scripts/confined.sh "$dfanet" bag eval "$work/camvid_test" $mode --cpu-threads 1 \
       --no-progress
 done
