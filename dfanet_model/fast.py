@@ -19,13 +19,18 @@ Backends (each one checked against the eager model by ``test/test_fast.py``):
                      the shortcut's slice, the top class computed in torch afterwards; kept as
                      the benchmarks' contender.
 * ``auto``           on the CPU the fastest of the exported backends, measured on this machine
-                     at the first input shape (``measure_backends``); on CUDA ``eager``.
+                     at the first input shape (``_Exported._measure``); on CUDA ``eager``.
 
 The exported backends run the inference form of the network (``inference_copy``): batch norm
 folded and each strided shortcut as a stride-2 1x1 convolution.  ``prepare_top_class`` adds
 the post-processing (``TopClass``: class ids and their softmax probability) after the
-network: with OpenVINO as a second small graph, compiled in fp32 whatever the network's
-precision; with ONNX Runtime in torch (its reductions over the classes measured slower).
+network: with OpenVINO the network's graph stops at its coarse logits
+(``DFANet.coarse_logits``, a sixteenth of the pixels) and a second graph, compiled in fp32
+whatever the network's precision, resizes them to the input's size and takes the top class
+(``ResizedTopClass``); with ONNX Runtime in torch after the whole network (its reductions
+over the classes measured slower).  Given the card's ``Normalise``, ``prepare_top_class``
+takes images in 0..255 and the exported graphs normalise them, channels-last, as the runtime
+reorders them for the first convolution.
 
 Around the network: ``Normalise`` (the one normalisation, from ``preprocess``),
 ``ImageToLabels`` and ``prepare_labels`` (uint8 image to labels) and
@@ -37,14 +42,16 @@ from __future__ import annotations
 import copy
 import importlib.util
 import io
+import math
 import time
 import warnings
-from typing import Any, Callable, Generic, Sequence, TypeVar
+from typing import Any, Callable, Generic, Sequence, TypeVar, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .network import ProjectionShortcut
+from .network import ProjectionShortcut, resize_to
 from .preprocess import Normalise
 
 BACKENDS = ("auto", "eager", "compile", "onnxruntime", "openvino", "openvino-bf16",
@@ -140,16 +147,19 @@ class _PerShape(nn.Module):
 
 
 class _Prepared(nn.Module):
-    """Casts and lays out the input as the inner module wants, then runs it."""
+    """Normalises (``normalise``, unless the inner module does), casts and lays out the input
+    as the inner module wants, then runs it."""
 
     def __init__(self, inner: nn.Module, dtype: torch.dtype, channels_last: bool,
-                 backend: str, num_classes: int | None) -> None:
+                 backend: str, num_classes: int | None,
+                 normalise: Normalise | None = None) -> None:
         super().__init__()
         self.inner = inner
         self.dtype = dtype
         self.channels_last = channels_last
         self._backend = backend
         self.num_classes = num_classes
+        self.normalise = normalise
 
     @property
     def backend(self) -> str:
@@ -157,10 +167,18 @@ class _Prepared(nn.Module):
         chosen = getattr(self.inner, "backend", self._backend)
         return chosen if isinstance(chosen, str) else self._backend
 
+    @property
+    def normalises(self) -> bool:
+        """Images go in as they are (0..255): prepared with the normalisation."""
+        return self.normalise is not None or isinstance(self.inner, _Exported) and \
+            self.inner.normalises
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a float image batch of shape (N, 3, H, W), "
                              f"got {tuple(x.shape)}")
+        if self.normalise is not None:  # in float32 whatever the model's precision
+            x = self.normalise(x.float())
         x = x.to(self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -194,9 +212,10 @@ class TopClass(nn.Module):
     in float32 whatever the logits' precision.
 
     The same arithmetic three ways: traced into a graph (an exported backend's post-processing)
-    as elementwise operations and reductions, which OpenVINO fuses; on the CPU in torch as a
-    running maximum over contiguous class planes (``argmax(dim=1)`` walks memory C strides
-    apart: 50 ms at 360x480 against ~5); elsewhere as ``argmax``.
+    as a softmax, its maximum and the first class that reaches it, which OpenVINO runs in its
+    own kernels; on the CPU in torch as a running maximum over contiguous class planes
+    (``argmax(dim=1)`` walks memory C strides apart: 50 ms at 360x480 against ~5); elsewhere
+    as ``argmax``.
     """
 
     classes: torch.Tensor  # buffer (1, C, 1, 1): each class's index, for the traced argmax
@@ -211,15 +230,18 @@ class TopClass(nn.Module):
 
     def forward(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = logits.float()
-        tracing = torch.jit.is_tracing()
-        if logits.device.type == "cpu" and not tracing:
+        if torch.jit.is_tracing():
+            # After the final resize OpenVINO keeps the logits in a blocked layout, where its
+            # Softmax kernel beats the exp-and-sum it would otherwise run (5.3 against 6.5 ms
+            # at 360x480); ArgMax would become its TopK: 6 ms where this takes ~1.
+            softmax = torch.softmax(logits, dim=1)
+            top = softmax.amax(dim=1, keepdim=True)
+            first = torch.where(softmax == top, self.classes, float(self.num_classes))
+            return first.amin(dim=1).to(torch.uint8), top.squeeze(1)
+        if logits.device.type == "cpu":
             return self._planes(logits)
         best = logits.amax(dim=1, keepdim=True)
         probability = torch.exp(logits - best).sum(dim=1).reciprocal()
-        if tracing:
-            # ArgMax becomes OpenVINO's TopK: 6 ms at 360x480 where this takes under 1.
-            first = torch.where(logits == best, self.classes, float(self.num_classes))
-            return first.amin(dim=1).to(torch.uint8), probability
         return logits.argmax(dim=1).to(torch.uint8), probability
 
     @staticmethod
@@ -241,15 +263,93 @@ class TopClass(nn.Module):
         return torch.stack(labels), torch.stack(probabilities)
 
 
+def _phase_weights(scale: int) -> torch.Tensor:
+    """(3, scale): how much the rows i - 1, i and i + 1 of a source (edge-padded) weigh in each
+    of the ``scale`` output rows of row i, for a bilinear resize with ``align_corners=False``:
+    output row ``scale * i + k`` lies at source row ``i + (k + 0.5) / scale - 0.5``."""
+    weights = torch.zeros(3, scale)
+    for k in range(scale):
+        position = (k + 0.5) / scale - 0.5  # in (-0.5, 0.5): between rows i - 1, i or i, i + 1
+        below = math.floor(position)
+        weights[below + 1, k] += 1.0 - (position - below)
+        weights[below + 2, k] += position - below
+    return weights
+
+
+def upsample_by_phases(x: torch.Tensor, scale: Sequence[int]) -> torch.Tensor:
+    """``network.resize_to`` of x to ``scale`` (whole numbers, height and width) times its
+    size, written as shifted slices, products and sums (each output row and column is a fixed
+    mix of two source ones; the edges repeat, as the resize clamps).  OpenVINO fuses these into
+    one elementwise kernel with a plain layout: with the top class after it 4.1 ms at 360x480
+    against 5.3 for its resize, which writes a blocked layout that must then be reordered.
+    Traced, height and width stay free."""
+    n, c, h, w = x.shape
+    scale_y, scale_x = int(scale[0]), int(scale[1])
+    if min(scale_y, scale_x) < 1:
+        raise ValueError(f"upsampling scales must be whole numbers >= 1, got {tuple(scale)}")
+    wy, wx = _phase_weights(scale_y).to(x), _phase_weights(scale_x).to(x)
+    padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    # Columns first, on the small source: (n, c, h + 2, w, scale_x) -> (n, c, h + 2, W).
+    cols = [padded[..., i:i + w, None] * wx[i] for i in range(3)]
+    wide = (cols[0] + cols[1] + cols[2]).reshape(n, c, h + 2, w * scale_x)
+    # Then rows, writing the output contiguously: (n, c, h, scale_y, W) -> (n, c, H, W).
+    rows = [wide[:, :, i:i + h, None, :] * wy[i][:, None] for i in range(3)]
+    return (rows[0] + rows[1] + rows[2]).reshape(n, c, h * scale_y, w * scale_x)
+
+
+class ResizedTopClass(TopClass):
+    """``TopClass`` of coarse logits resized bilinearly as the network's own last step resizes
+    them (``network.resize_to``): the exported head after ``DFANet.coarse_logits``.  Either to
+    ``size`` (height, width), or by whole-number ``scale`` factors (height, width) with
+    ``upsample_by_phases``, which serves every size the factors fit (the network's quarter of
+    a size divisible by 4, say)."""
+
+    def __init__(self, num_classes: int, size: Sequence[int] | None = None,
+                 scale: Sequence[int] | None = None) -> None:
+        super().__init__(num_classes)
+        if (size is None) == (scale is None):
+            raise ValueError("ResizedTopClass takes a size or a scale, one of them")
+        self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.scale = None if scale is None else (int(scale[0]), int(scale[1]))
+
+    def forward(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.scale is not None:
+            return super().forward(upsample_by_phases(logits, self.scale))
+        assert self.size is not None  # one of the two, checked at construction
+        return super().forward(resize_to(logits, self.size))
+
+
+class _Exportable(nn.Module):
+    """What an exported graph runs: ``model``, up to its coarse logits when ``coarse`` (a model
+    without ``coarse_logits`` gives its full-size ones); with ``normalise``, from images
+    (N, H, W, 3) in 0..255, normalised first, so that the runtime normalises the image as it
+    reorders it for the first convolution (0.9 ms less than torch's pass at 360x480)."""
+
+    def __init__(self, model: nn.Module, coarse: bool, normalise: Normalise | None) -> None:
+        super().__init__()
+        self.model = model
+        self.coarse = coarse and hasattr(model, "coarse_logits")
+        self.normalise = normalise
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.normalise is not None:
+            x = self.normalise(x.permute(0, 3, 1, 2))
+        if self.coarse:  # a method, which Module's attribute typing cannot tell
+            return cast(Callable[[torch.Tensor], torch.Tensor], self.model.coarse_logits)(x)
+        return self.model(x)
+
+
 def _onnx_bytes(module: nn.Module, example: torch.Tensor, outputs: Sequence[str],
-                dynamic: bool) -> bytes:
+                dynamic: bool, channels_last: bool = False) -> bytes:
     """``module`` exported to ONNX (opset 17) in memory; ``dynamic``: batch, height and width
-    free (so named), so one export serves every input shape."""
+    free (so named; the input (N, C, H, W), or (N, H, W, C) when ``channels_last``), so one
+    export serves every input shape."""
     buffer = io.BytesIO()
-    axes = {"input": {0: "batch", 2: "height", 3: "width"}} if dynamic else None
+    height = 1 if channels_last else 2
+    axes = {"input": {0: "batch", height: "height", height + 1: "width"}} if dynamic else None
     # The TorchScript exporter takes ~2 s here against ~10 s for dynamo=True, with equal
     # graphs.  Its warnings say that the trace fixes shape-dependent branches: the network's
-    # resizes take their sizes from tensors (``network._resize``), which the trace keeps.
+    # resizes take their sizes from tensors (``network.resize_like``), which the trace keeps.
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # export writes to a file object too; its stubs name only paths.
@@ -261,31 +361,32 @@ def _onnx_bytes(module: nn.Module, example: torch.Tensor, outputs: Sequence[str]
     return buffer.getvalue()
 
 
-def _ort_session(graph: bytes, shape: Sequence[int] | None = None) -> Any:
-    """An ONNX Runtime CPU session of ``graph`` on torch's thread count; ``shape``: the
-    (batch, channels, height, width) its free dimensions are fixed to, so that it plans for
-    that shape."""
+def _ort_session(graph: bytes, sizes: Sequence[int] | None = None) -> Any:
+    """An ONNX Runtime CPU session of ``graph`` on torch's thread count; ``sizes``: the
+    (batch, height, width) its free dimensions are fixed to, so that it plans for that
+    shape."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
-    if shape is not None:
-        for name, size in zip(("batch", "height", "width"), (shape[0], *shape[2:]),
-                              strict=True):
+    if sizes is not None:
+        for name, size in zip(("batch", "height", "width"), sizes, strict=True):
             options.add_free_dimension_override_by_name(name, int(size))
     return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
-def _ov_request(graph: bytes, shape: Sequence[int], bf16: bool) -> Any:
-    """An OpenVINO CPU infer request of ``graph`` compiled for input ``shape`` (N, C, H, W),
-    fp32 or with the bf16 precision hint, on torch's thread count, one stream (latency)."""
+def _ov_request(graph: bytes, shape: Sequence[int] | None, bf16: bool) -> Any:
+    """An OpenVINO CPU infer request of ``graph`` compiled for input ``shape`` (None: the
+    graph's own), fp32 or with the bf16 precision hint, on torch's thread count, one stream
+    (latency)."""
     import openvino as ov
 
     core = ov.Core()
     model = core.read_model(graph)
-    model.reshape({0: list(shape)})
+    if shape is not None:
+        model.reshape({0: list(shape)})
     config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "NUM_STREAMS": 1,
               "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16" if bf16
               else "f32"}
@@ -325,59 +426,116 @@ class _Exported(nn.Module):
     """
 
     def __init__(self, model: nn.Module, backend: str, num_classes: int | None,
-                 bf16_checked: bool = False) -> None:
-        """``num_classes``: add the ``TopClass`` post-processing for that many classes."""
+                 bf16_checked: bool = False, normalise: Normalise | None = None) -> None:
+        """``num_classes``: add the ``TopClass`` post-processing for that many classes;
+        ``normalise``: take images in 0..255 and normalise them in the graph first."""
         super().__init__()
         self.backend = backend
         self.bf16_checked = bf16_checked
         self.timings_ms: dict[str, float] = {}  # what ``auto`` measured, by backend
-        # Only the graph is kept: every shape runs from it.
-        self._network = _onnx_bytes(model, torch.zeros(1, 3, 64, 64), ["logits"], dynamic=True)
+        self._model = model
+        self._normalise = normalise
         self._top_class = None if num_classes is None else TopClass(num_classes).eval()
-        self._head_graph: bytes | None = None  # TopClass exported, once OpenVINO needs it
+        # Only the graphs are kept: every shape runs from them.  Exported here, once, those
+        # the backend (for ``auto``: each candidate) runs.
+        self._graphs: dict[bool, bytes] = {}
+        self._heads: dict[tuple[str, int, int], bytes] = {}  # by ("scale" | "size", h, w)
+        candidates = ([backend] if backend != "auto"
+                      else available_exported_backends(bf16_checked))
+        for name in candidates:
+            self._graph(self._coarse(name))
+        if self._top_class is not None and any(map(self._coarse, candidates)):
+            # The head for sizes divisible by the network's stride, found on a 64x64 input.
+            with torch.no_grad():
+                coarse = _Exportable(model, True, None)(torch.zeros(1, 3, 64, 64)).shape
+            self._head(tuple(coarse), (64, 64))
         self._cache: dict[tuple[int, ...], Callable[[torch.Tensor], Any]] = {}
+
+    @property
+    def normalises(self) -> bool:
+        """The graphs take images in 0..255 and normalise them first."""
+        return self._normalise is not None
+
+    def _coarse(self, backend: str) -> bool:
+        """Whether ``backend`` runs the network to its coarse logits only, the final resize
+        going with the post-processing (OpenVINO with a top class)."""
+        return backend != "onnxruntime" and self._top_class is not None
+
+    def _graph(self, coarse: bool) -> bytes:
+        """The network's ONNX graph (to its coarse logits or whole), exported on first use."""
+        graph = self._graphs.get(coarse)
+        if graph is None:
+            example = (torch.zeros(1, 64, 64, 3) if self._normalise is not None
+                       else torch.zeros(1, 3, 64, 64))
+            graph = self._graphs[coarse] = _onnx_bytes(
+                _Exportable(self._model, coarse, self._normalise), example, ["logits"],
+                dynamic=True, channels_last=self._normalise is not None)
+        return graph
+
+    def _head(self, coarse: tuple[int, ...], size: tuple[int, int]) -> bytes:
+        """The ``ResizedTopClass`` graph from ``coarse`` logits (N, C, h, w) to ``size``: one
+        graph for every size a whole multiple of its logits' (exported once, compiled per
+        shape); any other size its own (exported for it: 0.3 s)."""
+        assert self._top_class is not None  # a head only follows a top class
+        num_classes, (height, width) = self._top_class.num_classes, coarse[2:]
+        whole = size[0] % height == 0 and size[1] % width == 0
+        key = ("scale", size[0] // height, size[1] // width) if whole else ("size", *size)
+        graph = self._heads.get(key)
+        if graph is None:
+            head = (ResizedTopClass(num_classes, scale=key[1:]) if whole
+                    else ResizedTopClass(num_classes, size=size))
+            example = torch.zeros(1, num_classes, 8, 8) if whole else torch.zeros(coarse)
+            graph = self._heads[key] = _onnx_bytes(head.eval(), example, ["labels", "probability"],
+                                                   dynamic=whole)
+        return graph
 
     def forward(self, x: torch.Tensor) -> Any:
         if x.device.type != "cpu":
             raise ValueError(f"the {self.backend} backend runs on the CPU only, got {x.device}")
         shape = tuple(x.shape)
+        if self._normalise is not None:
+            # The graph takes the image as it lies, channels-last (no copy for a view of one).
+            x = x.permute(0, 2, 3, 1)
         run = self._cache.get(shape)
         if run is None:
             if self.backend == "auto":
                 self.backend, run = self._measure(x)
             else:
-                run = self._build(self.backend, shape)
+                run = self._build(self.backend, tuple(x.shape))
             self._cache[shape] = run
         return run(x.contiguous())
 
     def _build(self, backend: str, shape: tuple[int, ...]) -> Callable[[torch.Tensor], Any]:
+        """``backend``'s run for inputs of ``shape``, as the graph takes them."""
+        graph = self._graph(self._coarse(backend))
+        height, width = shape[1:3] if self._normalise is not None else shape[2:]
         if backend == "onnxruntime":
-            network = _ort_session(self._network, shape)
+            session = _ort_session(graph, (shape[0], height, width))
             # The post-processing in torch: ONNX Runtime ran the TopClass graph ~10 ms slower
             # than torch's running maximum at 360x480 (one thread, BENCHMARKS.md).
             head = self._top_class
 
             def run_ort(x: torch.Tensor) -> Any:
-                logits = torch.from_numpy(network.run(None, {"input": x.numpy()})[0])
+                logits = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
                 return logits if head is None else head(logits)
             return run_ort
-        request = _ov_request(self._network, shape, bf16=backend == "openvino-bf16")
-        # The post-processing in fp32 whatever the network's precision: in bf16 its
-        # reductions fall back to slow layouts (25 ms instead of 1) and round the probability.
-        post = None
-        if self._top_class is not None:
-            if self._head_graph is None:
-                self._head_graph = _onnx_bytes(
-                    self._top_class, torch.zeros(1, self._top_class.num_classes, 64, 64),
-                    ["labels", "probability"], dynamic=True)
-            post = _ov_request(self._head_graph, (shape[0], -1, *shape[2:]), bf16=False)
+        network = _ov_request(graph, shape, bf16=backend == "openvino-bf16")
+        if self._top_class is None:
+            def run_logits(x: torch.Tensor) -> Any:
+                network.infer({0: x.numpy()}, share_inputs=True)
+                return torch.from_numpy(network.get_output_tensor(0).data.copy())
+            return run_logits
+        # The network stops at its coarse logits (a sixteenth of the pixels); their resize to
+        # the input's size and the post-processing run as a second graph, in fp32 whatever
+        # the network's precision.  The bf16 network's final resize and the reorder of its
+        # output into fp32 took 3.5 ms at 360x480; the head's reductions in bf16 fall back to
+        # slow layouts (25 ms instead of 1) and would round the probability.
+        coarse = tuple(network.get_compiled_model().output(0).get_shape())
+        post = _ov_request(self._head(coarse, (height, width)), coarse, bf16=False)
 
         def run_ov(x: torch.Tensor) -> Any:
-            request.infer({0: x.numpy()}, share_inputs=True)
-            logits = request.get_output_tensor(0)
-            if post is None:
-                return torch.from_numpy(logits.data.copy())
-            post.set_input_tensor(logits)  # no copy: the network's output buffer
+            network.infer({0: x.numpy()}, share_inputs=True)
+            post.set_input_tensor(network.get_output_tensor(0))  # no copy: the network's buffer
             post.infer()
             return (torch.from_numpy(post.get_output_tensor(0).data.copy()),
                     torch.from_numpy(post.get_output_tensor(1).data.copy()))
@@ -448,17 +606,22 @@ def prepare_for_inference(model: nn.Module, device: torch.device | str = "cpu",
 
 def prepare_top_class(model: nn.Module, device: torch.device | str = "cpu",
                       half: bool = False, channels_last: bool = True,
-                      backend: str = "auto", bf16_checked: bool = False) -> _Prepared:
+                      backend: str = "auto", bf16_checked: bool = False,
+                      normalise: Normalise | None = None) -> _Prepared:
     """``prepare_for_inference`` followed by ``TopClass``: a normalised float image batch in,
     (class ids (N, H, W) uint8, top-class probability (N, H, W) float32) out.  The exported
-    backends run the post-processing as a graph of their own runtime after the network's."""
+    backends run the post-processing as a graph of their own runtime after the network's.
+
+    With ``normalise`` the images go in as they are, RGB in 0..255 (N, 3, H, W), and are
+    normalised first: by the exported backends inside their graph, which takes them
+    channels-last (a view of an (N, H, W, 3) buffer is passed without a copy)."""
     return _prepare(model, device, half, channels_last, backend, None, bf16_checked,
-                    head=True)
+                    head=True, normalise=normalise)
 
 
 def _prepare(model: nn.Module, device: torch.device | str, half: bool, channels_last: bool,
-             backend: str, compile_mode: str | None, bf16_checked: bool, head: bool
-             ) -> _Prepared:
+             backend: str, compile_mode: str | None, bf16_checked: bool, head: bool,
+             normalise: Normalise | None = None) -> _Prepared:
     device = torch.device(device)
     backend = _resolve_backend(backend, device, half)
     num_classes = getattr(model, "num_classes", None)
@@ -476,9 +639,13 @@ def _prepare(model: nn.Module, device: torch.device | str, half: bool, channels_
     if channels_last:
         # Module.to takes memory_format at run time; torch's overloads leave it out.
         folded = folded.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if normalise is not None:
+        normalise = copy.deepcopy(normalise).to(device)
     inner: nn.Module
     if exported:  # the post-processing inside, in the runtime's own graph where it pays
-        inner = _Exported(folded, backend, num_classes if head else None, bf16_checked)
+        inner = _Exported(folded, backend, num_classes if head else None, bf16_checked,
+                          normalise)
+        normalise = None  # in the graph
     elif backend == "eager":
         inner = folded
     elif backend == "onnxruntime-logits":
@@ -491,7 +658,7 @@ def _prepare(model: nn.Module, device: torch.device | str, half: bool, channels_
     if head and not exported:
         assert num_classes is not None  # checked above
         inner = nn.Sequential(inner, TopClass(num_classes).to(device))
-    return _Prepared(inner, dtype, channels_last, backend, num_classes).eval()
+    return _Prepared(inner, dtype, channels_last, backend, num_classes, normalise).eval()
 
 
 class ImageToLabels(nn.Module):
@@ -516,15 +683,23 @@ class ImageToLabels(nn.Module):
         """The model's backend as it runs now (``auto``'s choice once it has measured)."""
         return getattr(self.model, "backend", "eager")
 
-    def normalise(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) channels-last, normalised."""
+    def to_float(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) channels-last, 0..255."""
         if image.dim() != 4 or image.shape[-1] != 3 or image.dtype != torch.uint8:
             raise ValueError(f"expected uint8 RGB images of shape (N, H, W, 3), got "
                              f"{image.dtype} {tuple(image.shape)}")
-        return self.norm(image.permute(0, 3, 1, 2).float())
+        return image.permute(0, 3, 1, 2).float()
+
+    def normalise(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) channels-last, normalised."""
+        return self.norm(self.to_float(image))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        out = self.model(self.normalise(image).to(self.dtype))
+        if getattr(self.model, "normalises", False):  # prepared with the normalisation
+            x = self.to_float(image)
+        else:
+            x = self.normalise(image).to(self.dtype)
+        out = self.model(x)
         if self.top_class:
             return out[0]
         return out.argmax(dim=1).to(torch.uint8)
@@ -537,7 +712,8 @@ def prepare_labels(model: nn.Module, mean: Sequence[float], std: Sequence[float]
     (``ImageToLabels``), the class computed by ``TopClass`` (OpenVINO: in a graph of its own;
     torch's argmax over the classes of an NCHW tensor is several times slower on the CPU,
     BENCHMARKS.md)."""
-    prepared = prepare_top_class(model, device, half, channels_last, backend)
+    prepared = prepare_top_class(model, device, half, channels_last, backend,
+                                 normalise=Normalise(mean, std))
     dtype = torch.float16 if half else torch.float32
     return ImageToLabels(prepared, mean, std, dtype, top_class=True).to(device).eval()
 

@@ -211,16 +211,21 @@ def _sum(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
     return functools.reduce(operator.add, tensors)
 
 
-def _resize(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Bilinear resize of x to ref's spatial size (exact size, so any input shape works)."""
-    if x.shape[-2:] == ref.shape[-2:]:
+def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize of x to ``size`` (height, width): every resize of the network."""
+    if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def resize_like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Bilinear resize of x to ref's spatial size (exact size, so any input shape works)."""
+    return resize_to(x, ref.shape[-2:])
 
 
 def _join(x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """Concatenate ``other`` (resized to x) onto x along channels."""
-    return torch.cat([x, _resize(other, x)], dim=1)
+    return torch.cat([x, resize_like(other, x)], dim=1)
 
 
 class Decoder(nn.Module):
@@ -237,9 +242,10 @@ class Decoder(nn.Module):
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, lows: Sequence[torch.Tensor], highs: Sequence[torch.Tensor]) -> torch.Tensor:
-        low = _sum(_resize(conv(f), lows[0]) for conv, f in zip(self.low, lows, strict=True))
-        high = _sum(_resize(conv(f), highs[0]) for conv, f in zip(self.high, highs, strict=True))
-        return self.classifier(self.fuse(low + _resize(high, low)))
+        low = _sum(resize_like(conv(f), lows[0]) for conv, f in zip(self.low, lows, strict=True))
+        high = _sum(resize_like(conv(f), highs[0])
+                    for conv, f in zip(self.high, highs, strict=True))
+        return self.classifier(self.fuse(low + resize_like(high, low)))
 
 
 class DFANet(nn.Module):
@@ -265,14 +271,18 @@ class DFANet(nn.Module):
         self._init_weights()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return resize_like(self.coarse_logits(x), x)
+
+    def coarse_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The classifier's logits at the decoder's resolution (a quarter of the input's
+        height and width, rounded up), before the final bilinear resize."""
         feats = self.backbones[0](self.conv1(x))
         outputs = [feats]
         for backbone in self.backbones[1:]:
-            feats = backbone(torch.cat([_resize(feats.attention, feats.enc2), feats.enc2], dim=1),
-                             feats)
+            joined = torch.cat([resize_like(feats.attention, feats.enc2), feats.enc2], dim=1)
+            feats = backbone(joined, feats)
             outputs.append(feats)
-        logits = self.decoder([f.enc2 for f in outputs], [f.attention for f in outputs])
-        return _resize(logits, x)
+        return self.decoder([f.enc2 for f in outputs], [f.attention for f in outputs])
 
     def _init_weights(self) -> None:
         for m in self.modules():

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .network import resize_to
+
 # ImageNet RGB statistics in [0, 1]: the defaults of every card and training config.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -59,10 +61,9 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
 
 
 def resize_image(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Float images (N, C, H, W) to the network's ``size``: bilinear, ``align_corners=False``."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    """Float images (N, C, H, W) to the network's ``size`` as the network resizes inside
+    (``network.resize_to``: bilinear, ``align_corners=False``); the same tensor if no resize."""
+    return resize_to(x, size)
 
 
 def resize_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -28,7 +28,8 @@ everything else runs, and is tested, on the CPU.
 
 The inference parts are the library's (``dfanet_model.fast``), the ones its benchmarks time:
 the card's ``Preprocessing``, ``prepare_top_class`` (batch norm folded, fp16, backend, the
-top class) and ``capture_cuda_graph``.  The engine adds what a camera frame needs around
+card's normalisation before the network and the top class after it) and
+``capture_cuda_graph``.  The engine adds what a camera frame needs around
 them: encodings, resizing, plans, the class fractions and mean confidence, colours and the
 overlay.
 """
@@ -94,7 +95,6 @@ class _Plan:
     host_in: torch.Tensor          # (H, W, C) uint8; pinned on CUDA, the device input on CPU
     dev_in: torch.Tensor
     rgb: torch.Tensor              # (H, W, 3) float32: the frame as RGB, 0..255
-    norm: torch.Tensor | None      # (1, 3, H, W) normalised input when no resize is needed
     rows: torch.Tensor | None      # nearest-upsampling source rows (H,), None: same size
     cols: torch.Tensor | None
     pixel_weight: torch.Tensor     # (h*w,) input pixels each model pixel stands for
@@ -176,11 +176,12 @@ class SegmentationEngine:
         # compile per network input shape (0.1-0.9 s; ``warm_up`` does it ahead of frames).
         # Channels-last pays on the GPU's tensor cores; on the CPU the plain layout measured
         # faster.
+        # The card's normalisation goes with the network: the exported backends run it in
+        # their graph, fused with the reorder of the image for the first convolution.
         self.model = prepare_top_class(model, self.device, half=fp16, backend=backend,
                                        channels_last=self.device.type == "cuda",
-                                       bf16_checked=checked_in_bf16(checkpoint))
-        # The card's preprocessing and resize rule, as predict and dfanet eval apply them.
-        self._normalise = self.card.preprocessing().normaliser().to(self.device)
+                                       bf16_checked=checked_in_bf16(checkpoint),
+                                       normalise=self.card.preprocessing().normaliser())
         self._palette = torch.tensor(self.card.class_colors, dtype=torch.uint8,
                                      device=self.device)
         self._plans: OrderedDict[tuple[int, int, str], _Plan] = OrderedDict()
@@ -213,8 +214,9 @@ class SegmentationEngine:
         """Segment one (H, W, C) uint8 frame (a strided view is fine).
 
         ``outputs``: the images to make.  The top-class probability comes with the class
-        from the network's post-processing (1-2 ms in OpenVINO's graph at 360x480); the
-        frame's mean is given for the ``confidence`` image or when ``mean_confidence`` asks.
+        from the network's post-processing (OpenVINO: one fp32 graph with the final resize);
+        the frame's mean is given for the ``confidence`` image or when ``mean_confidence``
+        asks.
         """
         start = time.perf_counter()
         image = _as_hwc(image, encoding)
@@ -311,7 +313,6 @@ class SegmentationEngine:
         per_pixel = ENCODING_CHANNELS[encoding] * (2 if cuda else 1)  # host_in (+ dev_in)
         # rgb; label, colour, overlay, confidence (+ host copies)
         per_pixel += 12 + 8 + (8 if cuda else 0)
-        per_pixel += 12 if same else 0            # norm
         per_pixel += 4 if encoding in YUV422_LAYOUT else 0  # luma
         total = per_pixel * pixels + 4 * model_pixels + 4  # pixel weights, keep
         if encoding in YUV422_LAYOUT:
@@ -373,7 +374,6 @@ class SegmentationEngine:
             height=height, width=width, encoding=encoding, model_hw=model_hw,
             host_in=host_in, dev_in=torch.empty_like(host_in, device=dev) if cuda else host_in,
             rgb=buffer(height, width, 3, dtype=torch.float32),
-            norm=buffer(1, 3, height, width, dtype=torch.float32) if same else None,
             rows=rows, cols=cols, pixel_weight=pixel_weight,
             dev_label=dev_label, dev_color=dev_color, dev_overlay=dev_overlay,
             dev_confidence=dev_confidence, dev_counts=dev_counts,
@@ -419,26 +419,33 @@ class SegmentationEngine:
         # The RGB frame stays channels-last (HWC): resizing and blending it are several times
         # faster on the CPU than on planar copies, and the GPU's convolutions prefer it too.
         image = plan.rgb.permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W) view
-        if plan.norm is None:
-            x = resize_image(image, plan.model_hw)
-            x = self._normalise(x, out=x)
-        else:
-            x = self._normalise(image, out=plan.norm)
+        # The card's resize rule, as predict and dfanet eval apply it; the model normalises.
+        x = resize_image(image, plan.model_hw)
         labels, probabilities = self.model(x)
         small, probability = labels[0], probabilities[0]
-        flat = small.reshape(-1).long()
-        plan.dev_counts.zero_().index_add_(0, flat, plan.pixel_weight)
+        # Each model pixel weighs as many input pixels as it stands for.  At the input's own
+        # size that is one each, and on the CPU the unweighted count and sum take 0.5 ms less
+        # at 360x480 (a CUDA graph cannot capture bincount: its size depends on the data).
+        unweighted = plan.rows is None and not small.is_cuda
+        if unweighted:
+            plan.dev_counts.copy_(torch.bincount(small.reshape(-1), minlength=self.num_classes))
+        else:
+            plan.dev_counts.zero_().index_add_(0, small.reshape(-1).long(), plan.pixel_weight)
         if MEAN_CONFIDENCE in outputs:
-            # Weighted as class_fractions: each model pixel by the input pixels it stands for.
-            torch.dot(probability.reshape(-1), plan.pixel_weight,
-                      out=plan.dev_mean_confidence[0]).div_(plan.height * plan.width)
+            mean = plan.dev_mean_confidence[0]
+            if unweighted:
+                mean.copy_(probability.sum())
+            else:
+                torch.dot(probability.reshape(-1), plan.pixel_weight, out=mean)
+            mean.div_(plan.height * plan.width)
             if "confidence" in outputs:
                 byte = probability.mul_(255.0).round_().to(torch.uint8)
                 _upsample(byte, plan, plan.dev_confidence, plan.tmp_confidence)
         if "label" in outputs:
             _upsample(small, plan, plan.dev_label, plan.tmp_label)
         if "color" in outputs or "overlay" in outputs:
-            colors = self._palette.index_select(0, flat).view(*plan.model_hw, 3)
+            colors = self._palette.index_select(0, small.reshape(-1).long()).view(
+                *plan.model_hw, 3)
             _upsample(colors, plan, plan.dev_color, plan.tmp_color)
         if "overlay" in outputs:
             # color + (1 - alpha) * (rgb - color), in place in the RGB buffer (done with it):

@@ -126,6 +126,7 @@ def test_the_engine_runs_the_benchmarked_inference_path(checkpoint, frame):
     image = np.ascontiguousarray(frame[::4, ::4])
     labels = engine.run(image, outputs=frozenset({"label"})).label
     pipeline = ImageToLabels(engine.model, engine.card.mean, engine.card.std, top_class=True)
+    assert engine.model.normalises  # the pipeline hands it the image unnormalised
     with torch.no_grad():
         reference = pipeline(torch.from_numpy(image)[None])[0].numpy()
     assert len(np.unique(reference)) >= 3

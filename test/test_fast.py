@@ -14,6 +14,7 @@ from dfanet_model.fast import (
     BACKENDS,
     ImageToLabels,
     Normalise,
+    ResizedTopClass,
     TopClass,
     capture_cuda_graph,
     fold_batch_norms,
@@ -22,8 +23,9 @@ from dfanet_model.fast import (
     prepare_for_inference,
     prepare_labels,
     prepare_top_class,
+    upsample_by_phases,
 )
-from dfanet_model.network import ConvNormAct, ProjectionShortcut, build_dfanet
+from dfanet_model.network import ConvNormAct, ProjectionShortcut, build_dfanet, resize_to
 
 # The tolerance every optimised fp32 path is held to, against the eager fp32 model: max
 # |logit difference| below 1e-3 of the logit scale (1 + max |logit|), and the same class on
@@ -346,6 +348,53 @@ def test_exported_top_class_matches_eager_at_several_sizes(backend: str) -> None
         assert labels.shape == probability.shape == (1, *size)
         assert (labels.long() == ref_labels).float().mean().item() > MIN_ARGMAX_AGREEMENT
         assert (probability.double() - ref_probability).abs().max() < 1e-3
+
+
+def test_upsampling_by_phases_is_the_networks_resize() -> None:
+    """The exported head's upsampling by whole factors equals the bilinear resize it stands
+    for, edges included, traced with free height and width."""
+    x = torch.randn(2, 5, 7, 9, generator=torch.Generator().manual_seed(13)) * 8
+    for scale in [(4, 4), (2, 3), (1, 4), (3, 1)]:
+        size = (7 * scale[0], 9 * scale[1])
+        ref = resize_to(x, size)
+        assert (upsample_by_phases(x, scale) - ref).abs().max() < 1e-5 * (1 + ref.abs().max())
+    head = ResizedTopClass(5, scale=(4, 4)).eval()
+    traced = torch.jit.trace(head, (x,))
+    y = torch.randn(1, 5, 6, 11, generator=torch.Generator().manual_seed(14))
+    labels, probability = traced(y)
+    ref_labels, ref_probability = _top_class_reference(resize_to(y, (24, 44)))
+    assert torch.equal(labels.long(), ref_labels)
+    assert (probability.double() - ref_probability).abs().max() < 1e-6
+    with pytest.raises(ValueError, match="a size or a scale, one of them"):
+        ResizedTopClass(5)
+    with pytest.raises(ValueError, match="whole numbers >= 1"):
+        upsample_by_phases(x, (0, 2))
+
+
+@pytest.mark.parametrize("backend", ["eager", "onnxruntime", "openvino"])
+def test_top_class_with_the_normalisation_takes_images_as_they_are(backend: str) -> None:
+    """Given the card's normalisation, the prepared model takes RGB in 0..255, as the engine
+    holds it (a channels-last view of an (N, H, W, 3) buffer), and normalises first: in the
+    exported graph for the exported backends.  OpenVINO's graph stops at the coarse logits,
+    so a size that is not a multiple of 4 checks its resize too."""
+    if backend != "eager" and backend not in FP32_EXPORTED:
+        pytest.skip(f"{backend} is not installed")
+    model = _trained_like("A")
+    mean, std = (0.4, 0.45, 0.5), (0.22, 0.23, 0.24)
+    norm = Normalise(mean, std)
+    prepared = prepare_top_class(model, backend=backend, normalise=norm)
+    assert prepared.normalises and prepared.backend == backend
+    g = torch.Generator().manual_seed(12)
+    for size in [(45, 61), (64, 96)]:
+        rgb = torch.randint(0, 256, (1, *size, 3), generator=g).float()
+        image = rgb.permute(0, 3, 1, 2)  # (1, 3, H, W) view, channels-last strides
+        with torch.inference_mode():
+            labels, probability = prepared(image)
+            ref_labels, ref_probability = _top_class_reference(model(norm(image)))
+        assert labels.shape == probability.shape == (1, *size)
+        assert (labels.long() == ref_labels).float().mean().item() > MIN_ARGMAX_AGREEMENT
+        assert (probability.double() - ref_probability).abs().max() < 1e-3
+    assert not prepare_top_class(model, backend=backend).normalises
 
 
 @pytest.mark.skipif(not HAS_OV, reason="openvino is not installed")

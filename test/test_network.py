@@ -1,11 +1,12 @@
 """DFANet network: shapes at any size, gradients, determinism, pinned counts and layout."""
 import hashlib
+import math
 
 import pytest
 import torch
 
 from dfanet_model.info import count
-from dfanet_model.network import VARIANTS, build_dfanet
+from dfanet_model.network import VARIANTS, build_dfanet, resize_like
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -18,6 +19,19 @@ def test_logits_have_the_input_size(variant, size):
         out = model(torch.randn(2, 3, *size))
     assert out.shape == (2, 11, *size)
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("size", [(360, 480), (97, 131)])
+def test_logits_are_the_coarse_logits_resized(size):
+    """The exported backends stop at the coarse logits and resize them in a graph of their
+    own: the two steps give the network's output."""
+    torch.manual_seed(0)
+    model = build_dfanet("A", 11).eval()
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        coarse = model.coarse_logits(x)
+        assert coarse.shape[-2:] == tuple(math.ceil(math.ceil(n / 2) / 2) for n in size)
+        assert torch.equal(resize_like(coarse, x), model(x))
 
 
 @pytest.mark.parametrize("size", [(720, 960), (1080, 1920)])
