@@ -458,7 +458,8 @@ class _Exported(nn.Module):
         # Only the graphs are kept: every shape runs from them.  Exported here, once, those
         # the backend (for ``auto``: each candidate) runs.
         self._graphs: dict[bool, bytes] = {}
-        self._heads: dict[tuple[str, int, int], bytes] = {}  # by ("scale" | "size", h, w)
+        # By the scale (one graph, free height and width) or by the shapes in and out.
+        self._heads: dict[tuple[int, ...], bytes] = {}
         candidates = ([backend] if backend != "auto"
                       else available_exported_backends(bf16_checked))
         for name in candidates:
@@ -466,8 +467,9 @@ class _Exported(nn.Module):
         if self._top_class is not None and any(map(self._coarse, candidates)):
             # The head for sizes divisible by the network's stride, found on a 64x64 input.
             with torch.no_grad():
-                coarse = _Exportable(model, True, None)(torch.zeros(1, 3, 64, 64)).shape
-            self._head(tuple(coarse), (64, 64))
+                coarse = tuple(_Exportable(model, True, None)(torch.zeros(1, 3, 64, 64)).shape)
+            if coarse[2:] != (64, 64):
+                self._head(coarse, (64, 64))
         self._cache: dict[tuple[int, ...], Callable[[torch.Tensor], Any]] = {}
 
     @property
@@ -497,11 +499,12 @@ class _Exported(nn.Module):
         shape); any other size its own (exported for it: 0.3 s)."""
         assert self._top_class is not None  # a head only follows a top class
         num_classes, (height, width) = self._top_class.num_classes, coarse[2:]
-        whole = size[0] % height == 0 and size[1] % width == 0
-        key = ("scale", size[0] // height, size[1] // width) if whole else ("size", *size)
+        whole = size[0] % height == 0 and size[1] % width == 0 and size != (height, width)
+        scale = (size[0] // height, size[1] // width)
+        key = scale if whole else (*coarse, *size)
         graph = self._heads.get(key)
         if graph is None:
-            head = (ResizedTopClass(num_classes, scale=key[1:]) if whole
+            head = (ResizedTopClass(num_classes, scale=scale) if whole
                     else ResizedTopClass(num_classes, size=size))
             example = torch.zeros(1, num_classes, 8, 8) if whole else torch.zeros(coarse)
             graph = self._heads[key] = _onnx_bytes(head.eval(), example, ["labels", "probability"],

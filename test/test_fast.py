@@ -398,6 +398,21 @@ def test_top_class_with_the_normalisation_takes_images_as_they_are(backend: str)
 
 
 @pytest.mark.skipif(not HAS_OV, reason="openvino is not installed")
+def test_openvino_top_class_of_a_model_without_coarse_logits() -> None:
+    """A model whose logits are already full size (no ``coarse_logits``) gets a head that
+    only takes the top class."""
+    model = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1)).eval()
+    model.num_classes = 5  # type: ignore[assignment]  # what prepare_top_class reads
+    prepared = prepare_top_class(model, backend="openvino")
+    x = torch.randn(1, 3, 21, 34, generator=torch.Generator().manual_seed(15))
+    with torch.inference_mode():
+        labels, probability = prepared(x)
+        ref_labels, ref_probability = _top_class_reference(model(x))
+    assert torch.equal(labels.long(), ref_labels)
+    assert (probability.double() - ref_probability).abs().max() < 1e-5
+
+
+@pytest.mark.skipif(not HAS_OV, reason="openvino is not installed")
 @pytest.mark.slow
 def test_openvino_backend_matches_and_compiles_per_shape(model: nn.Module) -> None:
     prepared = prepare_for_inference(model, backend="openvino")
