@@ -186,10 +186,15 @@ class _Prepared(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.inner(x)
 
-    def _normalised_buffer(self, x: torch.Tensor) -> torch.Tensor:
-        """Float32 in x's shape and the layout the inner module takes, kept while the inputs
-        keep their shape (a camera's frames): a fresh 2 MB tensor a frame cost 1-2 ms in page
-        faults and a second pass to make it contiguous (360x480, CPU)."""
+    def _normalised_buffer(self, x: torch.Tensor) -> torch.Tensor | None:
+        """On the CPU, float32 in x's shape and the layout the inner module takes, kept while
+        the inputs keep their shape (a camera's frames): a fresh 2 MB tensor a frame cost 1-2
+        ms in page faults and a second pass to make it contiguous (360x480).  On CUDA None (a
+        new tensor each call): a CUDA graph captured over a kept buffer would write into it
+        after it was replaced by one of another shape; inside a capture the graph's own pool
+        provides it."""
+        if x.device.type == "cuda":
+            return None
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
         buffer = self._normalised
         if buffer is None or buffer.shape != x.shape or buffer.device != x.device:
