@@ -148,12 +148,12 @@ class _PerShape(nn.Module):
 
 
 class _Prepared(nn.Module):
-    """Normalises (``normalise``, unless the inner module does), casts and lays out the input
-    as the inner module wants, then runs it."""
+    """Normalises (``normalise``, in torch unless the inner module's graph does it:
+    ``in_graph``), casts and lays out the input as the inner module wants, then runs it."""
 
     def __init__(self, inner: nn.Module, dtype: torch.dtype, channels_last: bool,
                  backend: str, num_classes: int | None,
-                 normalise: Normalise | None = None) -> None:
+                 normalise: Normalise | None = None, in_graph: bool = False) -> None:
         super().__init__()
         self.inner = inner
         self.dtype = dtype
@@ -161,6 +161,7 @@ class _Prepared(nn.Module):
         self._backend = backend
         self.num_classes = num_classes
         self.normalise = normalise
+        self._in_graph = in_graph
         self._normalised: torch.Tensor | None = None  # reused for inputs of one shape
 
     @property
@@ -172,14 +173,13 @@ class _Prepared(nn.Module):
     @property
     def normalises(self) -> bool:
         """Images go in as they are (0..255): prepared with the normalisation."""
-        return self.normalise is not None or isinstance(self.inner, _Exported) and \
-            self.inner.normalises
+        return self.normalise is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a float image batch of shape (N, 3, H, W), "
                              f"got {tuple(x.shape)}")
-        if self.normalise is not None:  # in float32 whatever the model's precision
+        if self.normalise is not None and not self._in_graph:  # in float32 whatever the dtype
             x = self.normalise(x.float(), out=self._normalised_buffer(x))
         x = x.to(self.dtype)
         if self.channels_last:
@@ -477,11 +477,6 @@ class _Exported(nn.Module):
                 self._head(coarse, (64, 64))
         self._cache: dict[tuple[int, ...], Callable[[torch.Tensor], Any]] = {}
 
-    @property
-    def normalises(self) -> bool:
-        """The graphs take images in 0..255 and normalise them first."""
-        return self._normalise is not None
-
     def _coarse(self, backend: str) -> bool:
         """Whether ``backend`` runs the network to its coarse logits only, the final resize
         going with the post-processing (OpenVINO with a top class)."""
@@ -568,10 +563,11 @@ class _Exported(nn.Module):
             compiling = pool.submit(_ov_request, head, False)
             network = _ov_request(model, bf16)
             post = compiling.result()
+        # The head reads the network's output buffer (fixed for a fixed shape): no copy.
+        post.set_input_tensor(network.get_output_tensor(0))
 
         def run_ov(x: torch.Tensor) -> Any:
             network.infer({0: x.numpy()}, share_inputs=True)
-            post.set_input_tensor(network.get_output_tensor(0))  # no copy: the network's buffer
             post.infer()
             return (torch.from_numpy(post.get_output_tensor(0).data.copy()),
                     torch.from_numpy(post.get_output_tensor(1).data.copy()))
@@ -681,7 +677,6 @@ def _prepare(model: nn.Module, device: torch.device | str, half: bool, channels_
     if exported:  # the post-processing inside, in the runtime's own graph where it pays
         inner = _Exported(folded, backend, num_classes if head else None, bf16_checked,
                           normalise)
-        normalise = None  # in the graph
     elif backend == "eager":
         inner = folded
     elif backend == "onnxruntime-logits":
@@ -694,7 +689,8 @@ def _prepare(model: nn.Module, device: torch.device | str, half: bool, channels_
     if head and not exported:
         assert num_classes is not None  # checked above
         inner = nn.Sequential(inner, TopClass(num_classes).to(device))
-    return _Prepared(inner, dtype, channels_last, backend, num_classes, normalise).eval()
+    return _Prepared(inner, dtype, channels_last, backend, num_classes, normalise,
+                     in_graph=exported).eval()
 
 
 class ImageToLabels(nn.Module):

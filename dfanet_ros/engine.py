@@ -427,10 +427,14 @@ class SegmentationEngine:
         # size that is one each, and on the CPU the unweighted count and sum take 0.5 ms less
         # at 360x480 (a CUDA graph cannot capture bincount: its size depends on the data).
         unweighted = plan.rows is None and not small.is_cuda
+        colored = "color" in outputs or "overlay" in outputs
+        flat = small.reshape(-1)
+        index = flat.long() if colored or not unweighted else None  # for the index_* ops
         if unweighted:
-            plan.dev_counts.copy_(torch.bincount(small.reshape(-1), minlength=self.num_classes))
+            plan.dev_counts.copy_(torch.bincount(flat, minlength=self.num_classes))
         else:
-            plan.dev_counts.zero_().index_add_(0, small.reshape(-1).long(), plan.pixel_weight)
+            assert index is not None  # made above for the weighted count
+            plan.dev_counts.zero_().index_add_(0, index, plan.pixel_weight)
         if MEAN_CONFIDENCE in outputs:
             mean = plan.dev_mean_confidence[0]
             if unweighted:
@@ -443,9 +447,9 @@ class SegmentationEngine:
                 _upsample(byte, plan, plan.dev_confidence, plan.tmp_confidence)
         if "label" in outputs:
             _upsample(small, plan, plan.dev_label, plan.tmp_label)
-        if "color" in outputs or "overlay" in outputs:
-            colors = self._palette.index_select(0, small.reshape(-1).long()).view(
-                *plan.model_hw, 3)
+        if colored:
+            assert index is not None  # made above for the colours
+            colors = self._palette.index_select(0, index).view(*plan.model_hw, 3)
             _upsample(colors, plan, plan.dev_color, plan.tmp_color)
         if "overlay" in outputs:
             # color + (1 - alpha) * (rgb - color), in place in the RGB buffer (done with it):
